@@ -1,0 +1,940 @@
+//! The node agent: its place in a swarm (none, worker or manager), the
+//! transitions between them (`swarm init`, `join`, `leave`), and the
+//! long-running parts each place needs (gossip; for managers the store,
+//! the management port and the node-status reconciler).
+//!
+//! A node's identity (ID, certificate, key, the managers it knows) is
+//! persisted in `<data-dir>/node.json`, so a restarted agent resumes with
+//! no manual step.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bollard_stubs::models::{
+    NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmInitRequest, SwarmJoinRequest,
+    SwarmSpec, SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecEncryptionConfig,
+    SwarmSpecOrchestration, SwarmSpecRaft,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::error::{ALREADY_IN_SWARM, ApiError},
+    gossip::{Gossip, GossipConfig},
+    metrics::Metrics,
+    mgmt::{self, ErrorKind, JoinRequest, JoinResponse, ManagerPeer, MgmtError, Peer, Response},
+    pki::{self, NodeIdentity, RootCa},
+    store::{ClusterRecord, Command, NodeDescription, NodeRecord, NodeState, Store},
+    token::{self, JoinToken, TokenError},
+    util::now_rfc3339,
+};
+
+pub const DEFAULT_LISTEN_PORT: u16 = 2377;
+pub const DEFAULT_DATA_PATH_PORT: u32 = 4789;
+const DEFAULT_ADDR_POOL: &str = "10.0.0.0/8";
+const DEFAULT_SUBNET_SIZE: u32 = 24;
+/// A node that never showed up in gossip is marked down after this long.
+const GOSSIP_GRACE: Duration = Duration::from_secs(8);
+const RECONCILE_EVERY: Duration = Duration::from_millis(200);
+const VALID_TOKEN_NEEDED: &str = "A valid join token is necessary to join this cluster";
+
+/// Settings of the agent process (its command line, typed).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub advertise_addr: Option<IpAddr>,
+    pub listen_addr: Option<SocketAddr>,
+    pub gossip_port: u16,
+}
+
+/// What a node remembers of its swarm membership.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LocalNode {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub manager: bool,
+    pub identity: NodeIdentity,
+    /// Hex of the 32-byte gossip key.
+    pub gossip_key: String,
+    pub advertise_addr: IpAddr,
+    pub listen_addr: SocketAddr,
+    pub gossip_port: u16,
+    pub managers: Vec<ManagerPeer>,
+    pub data_path_port: u32,
+}
+
+impl LocalNode {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("node.json")
+    }
+
+    fn load(data_dir: &Path) -> std::io::Result<Option<Self>> {
+        match std::fs::read(Self::path(data_dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Written to a temporary file and renamed, readable by root only.
+    fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = data_dir.join("node.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(tmp, Self::path(data_dir))
+    }
+
+    fn gossip_key(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.gossip_key).ok()?.try_into().ok()
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.advertise_addr.to_string()
+    }
+}
+
+/// The running parts of a node that is in a swarm.
+pub struct Active {
+    pub local: LocalNode,
+    /// Present on managers.
+    pub store: Option<Arc<Store>>,
+    pub gossip: Gossip,
+    cancel: CancellationToken,
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub metrics: Arc<Metrics>,
+    /// Held for the whole of a transition (init, join, leave), so two
+    /// never interleave. Lock order: `transition` before `active`.
+    transition: Mutex<()>,
+    active: RwLock<Option<Arc<Active>>>,
+    engine_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data dir {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("resume swarm membership")]
+    Resume(#[source] ApiError),
+}
+
+impl Agent {
+    /// Starts the agent, resuming the swarm membership it had.
+    pub async fn start(cfg: AgentConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, AgentError> {
+        let data_err = |source| AgentError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
+        let local = LocalNode::load(&cfg.data_dir).map_err(data_err)?;
+        let engine_id = engine_id(&cfg.data_dir).map_err(data_err)?;
+        let agent = Arc::new(Self {
+            cfg,
+            metrics,
+            transition: Mutex::new(()),
+            active: RwLock::new(None),
+            engine_id,
+        });
+        if let Some(local) = local {
+            info!(node = %local.node_id, manager = local.manager, "resuming swarm membership");
+            let active = agent.activate(local).await.map_err(AgentError::Resume)?;
+            *agent.active.write().await = Some(active);
+        }
+        Ok(agent)
+    }
+
+    /// The engine's own ID (`docker info` ID), stable across restarts.
+    pub fn engine_id(&self) -> String {
+        self.engine_id.clone()
+    }
+
+    pub async fn active(&self) -> Option<Arc<Active>> {
+        self.active.read().await.clone()
+    }
+
+    /// This node's description, as it reports it to managers.
+    pub fn description(&self, addr: IpAddr, gossip_port: u16) -> NodeDescription {
+        NodeDescription {
+            hostname: self.cfg.hostname.clone(),
+            addr: addr.to_string(),
+            gossip_port,
+            os: std::env::consts::OS.to_owned(),
+            architecture: std::env::consts::ARCH.to_owned(),
+            engine_version: env!("CARGO_PKG_VERSION").to_owned(),
+            nano_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as i64 * 1_000_000_000)
+                .unwrap_or(0),
+            memory_bytes: crate::util::mem_total_bytes(),
+        }
+    }
+
+    /// Starts what a node in a swarm runs.
+    async fn activate(self: &Arc<Self>, local: LocalNode) -> Result<Arc<Active>, ApiError> {
+        let cancel = CancellationToken::new();
+        let key = local
+            .gossip_key()
+            .ok_or_else(|| ApiError::Internal("stored gossip key is invalid".into()))?;
+        let store = if local.manager {
+            let store = Store::open(&self.cfg.data_dir.join("swarm.redb"))?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        let mut seeds: Vec<SocketAddr> = local.managers.iter().map(|m| m.gossip).collect();
+        if let Some(store) = &store {
+            store.read(|s| {
+                for n in s.nodes.values() {
+                    if n.id == local.node_id {
+                        continue;
+                    }
+                    if let Ok(ip) = n.description.addr.parse::<IpAddr>() {
+                        seeds.push(SocketAddr::new(ip, n.description.gossip_port));
+                    }
+                }
+            });
+        }
+        let me = SocketAddr::new(local.advertise_addr, local.gossip_port);
+        seeds.retain(|s| *s != me);
+        let gossip = Gossip::spawn(
+            GossipConfig {
+                node_id: local.node_id.clone(),
+                bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), local.gossip_port),
+                advertise: me,
+                key,
+                seeds,
+            },
+            self.metrics.clone(),
+            cancel.clone(),
+        )
+        .await
+        .map_err(|e| {
+            cancel.cancel();
+            ApiError::internal("start gossip", &e)
+        })?;
+        if let Some(store) = &store {
+            let listener = tokio::net::TcpListener::bind(local.listen_addr)
+                .await
+                .map_err(|e| {
+                    cancel.cancel();
+                    ApiError::internal(&format!("listen on {}", local.listen_addr), &e)
+                })?;
+            let tls = local.identity.server_config().map_err(|e| {
+                cancel.cancel();
+                ApiError::internal("management TLS", &e)
+            })?;
+            let handler = Arc::new(ManagerHandler {
+                store: store.clone(),
+                local: local.clone(),
+            });
+            info!(addr = %local.listen_addr, "management port listening");
+            tokio::spawn(mgmt::serve(
+                listener,
+                Arc::new(tls),
+                handler,
+                cancel.clone(),
+            ));
+            tokio::spawn(reconcile_node_states(
+                store.clone(),
+                gossip.clone(),
+                local.node_id.clone(),
+                self.description(local.advertise_addr, local.gossip_port),
+                cancel.clone(),
+            ));
+        } else {
+            tokio::spawn(report_description(
+                local.clone(),
+                self.description(local.advertise_addr, local.gossip_port),
+                cancel.clone(),
+            ));
+        }
+        Ok(Arc::new(Active {
+            local,
+            store,
+            gossip,
+            cancel,
+        }))
+    }
+
+    /// `POST /swarm/init`: a new swarm with this node as its manager.
+    pub async fn init(self: &Arc<Self>, req: SwarmInitRequest) -> Result<String, ApiError> {
+        let _t = self.transition.lock().await;
+        if self.active.read().await.is_some() {
+            return Err(ApiError::Unavailable(ALREADY_IN_SWARM.into()));
+        }
+        if req.force_new_cluster == Some(true) {
+            return Err(ApiError::BadRequest(
+                "--force-new-cluster needs an existing swarm state on this node, and there is none"
+                    .into(),
+            ));
+        }
+        let listen_addr = parse_listen_addr(req.listen_addr.as_deref(), self.cfg.listen_addr)?;
+        let advertise_addr = self.choose_advertise_addr(req.advertise_addr.as_deref(), None)?;
+        let data_path_port = match req.data_path_port.unwrap_or(0) {
+            0 => DEFAULT_DATA_PATH_PORT,
+            p if (1024..=49151).contains(&p) => p,
+            p => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid data path port {p}: it must be within 1024 - 49151 range"
+                )));
+            }
+        };
+        let (default_addr_pool, subnet_size) =
+            validate_pools(req.default_addr_pool.unwrap_or_default(), req.subnet_size)?;
+
+        let cluster_id = token::random_id();
+        let node_id = token::random_id();
+        let root_ca = RootCa::generate(&cluster_id).map_err(|e| ApiError::internal("CA", &e))?;
+        let ca_der = root_ca
+            .cert_der()
+            .map_err(|e| ApiError::internal("CA", &e))?;
+        let identity = root_ca
+            .issue_local(&node_id, &cluster_id, true)
+            .map_err(|e| ApiError::internal("node certificate", &e))?;
+        let mut gossip_key = [0u8; 32];
+        rand::fill(&mut gossip_key);
+        let now = now_rfc3339();
+        let manager_addr = SocketAddr::new(advertise_addr, listen_addr.port()).to_string();
+        let cluster = ClusterRecord {
+            id: cluster_id.clone(),
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            version: 0,
+            spec: swarm_spec_with_defaults(req.spec.unwrap_or_default()),
+            root_ca,
+            worker_token: JoinToken::generate(&ca_der).expose(),
+            manager_token: JoinToken::generate(&ca_der).expose(),
+            gossip_key: hex::encode(gossip_key),
+            default_addr_pool,
+            subnet_size,
+            data_path_port,
+        };
+        let node = NodeRecord {
+            id: node_id.clone(),
+            created_at: now.clone(),
+            updated_at: now,
+            version: 0,
+            spec: NodeSpec {
+                role: Some(NodeSpecRoleEnum::MANAGER),
+                availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                ..Default::default()
+            },
+            description: self.description(advertise_addr, self.cfg.gossip_port),
+            state: NodeState::Ready,
+            message: String::new(),
+            manager_addr: Some(manager_addr.clone()),
+            leader: true,
+        };
+        let local = LocalNode {
+            node_id: node_id.clone(),
+            cluster_id,
+            manager: true,
+            identity,
+            gossip_key: hex::encode(gossip_key),
+            advertise_addr,
+            listen_addr,
+            gossip_port: self.cfg.gossip_port,
+            managers: vec![ManagerPeer {
+                node_id: node_id.clone(),
+                addr: manager_addr,
+                gossip: SocketAddr::new(advertise_addr, self.cfg.gossip_port),
+            }],
+            data_path_port,
+        };
+        let store_path = self.cfg.data_dir.join("swarm.redb");
+        // A store left by an earlier, forced leave would carry its state over.
+        let _ = std::fs::remove_file(&store_path);
+        {
+            let store = Store::open(&store_path)?;
+            store.apply(Command::InitCluster {
+                cluster: Box::new(cluster),
+                node: Box::new(node),
+            })?;
+        }
+        let active = match self.activate(local.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_file(&store_path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = local.save(&self.cfg.data_dir) {
+            active.cancel.cancel();
+            let _ = std::fs::remove_file(&store_path);
+            return Err(ApiError::internal("save node state", &e));
+        }
+        info!(node = %node_id, "swarm initialized");
+        *self.active.write().await = Some(active);
+        Ok(node_id)
+    }
+
+    /// `POST /swarm/join`: joins the swarm of the manager at `RemoteAddrs`.
+    pub async fn join(self: &Arc<Self>, req: SwarmJoinRequest) -> Result<(), ApiError> {
+        let _t = self.transition.lock().await;
+        if self.active.read().await.is_some() {
+            return Err(ApiError::Unavailable(ALREADY_IN_SWARM.into()));
+        }
+        let remote = req
+            .remote_addrs
+            .as_ref()
+            .and_then(|r| r.first())
+            .ok_or_else(|| {
+                ApiError::BadRequest("at least 1 RemoteAddr is required to join".into())
+            })?;
+        let remote = with_default_port(remote, DEFAULT_LISTEN_PORT)?;
+        let token = JoinToken::parse(req.join_token.as_deref().unwrap_or_default())
+            .map_err(|TokenError::Malformed| ApiError::BadRequest("invalid join token".into()))?;
+        let listen_addr = parse_listen_addr(req.listen_addr.as_deref(), self.cfg.listen_addr)?;
+        let advertise_addr =
+            self.choose_advertise_addr(req.advertise_addr.as_deref(), Some(&remote))?;
+        let (key_pem, csr_der) =
+            pki::new_csr().map_err(|e| ApiError::internal("signing request", &e))?;
+        let description = self.description(advertise_addr, self.cfg.gossip_port);
+        info!(manager = %remote, "joining swarm");
+        let joined: JoinResponse = mgmt::join(
+            &remote,
+            &token,
+            JoinRequest {
+                token: token.expose(),
+                csr_der,
+                description,
+            },
+        )
+        .await
+        .map_err(join_error)?;
+        let ca_der = RootCa {
+            cert_pem: joined.ca_cert_pem.clone(),
+            key_pem: String::new(),
+        }
+        .cert_der()
+        .map_err(|e| ApiError::internal("CA from manager", &e))?;
+        if !token.pins(ca_der.as_ref()) {
+            return Err(ApiError::BadRequest(
+                "the manager's CA does not match the join token".into(),
+            ));
+        }
+        let local = LocalNode {
+            node_id: joined.node_id.clone(),
+            cluster_id: joined.cluster_id,
+            manager: joined.manager,
+            identity: NodeIdentity {
+                cert_pem: joined.cert_pem,
+                key_pem,
+                ca_cert_pem: joined.ca_cert_pem,
+            },
+            gossip_key: joined.gossip_key,
+            advertise_addr,
+            listen_addr,
+            gossip_port: self.cfg.gossip_port,
+            managers: joined.managers,
+            data_path_port: joined.data_path_port,
+        };
+        local
+            .save(&self.cfg.data_dir)
+            .map_err(|e| ApiError::internal("save node state", &e))?;
+        let active = self.activate(local).await?;
+        info!(node = %joined.node_id, "joined swarm");
+        *self.active.write().await = Some(active);
+        Ok(())
+    }
+
+    /// `POST /swarm/leave`.
+    pub async fn leave(self: &Arc<Self>, force: bool) -> Result<(), ApiError> {
+        let _t = self.transition.lock().await;
+        let Some(active) = self.active.read().await.clone() else {
+            return Err(ApiError::Unavailable(
+                "This node is not part of a swarm".into(),
+            ));
+        };
+        if active.local.manager && !force {
+            return Err(ApiError::Unavailable(
+                "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.".into(),
+            ));
+        }
+        active.gossip.leave().await;
+        active.cancel.cancel();
+        *self.active.write().await = None;
+        for f in ["node.json", "swarm.redb"] {
+            match std::fs::remove_file(self.cfg.data_dir.join(f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ApiError::internal("remove swarm state", &e)),
+            }
+        }
+        info!(node = %active.local.node_id, "left the swarm");
+        Ok(())
+    }
+
+    /// The address to advertise: the request's (an IP, `IP:port` or an
+    /// interface name), else the agent's `--advertise-addr`, else (joining)
+    /// the local address that routes to the manager.
+    fn choose_advertise_addr(
+        &self,
+        requested: Option<&str>,
+        remote: Option<&str>,
+    ) -> Result<IpAddr, ApiError> {
+        if let Some(r) = requested.filter(|r| !r.is_empty()) {
+            return parse_advertise_addr(r);
+        }
+        if let Some(a) = self.cfg.advertise_addr {
+            return Ok(a);
+        }
+        if let Some(Ok(addr)) = remote.map(str::parse::<SocketAddr>) {
+            // The local address that routes to the manager.
+            let probe =
+                std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+                    .and_then(|s| s.connect(addr).map(|_| s))
+                    .and_then(|s| s.local_addr());
+            if let Ok(local) = probe {
+                return Ok(local.ip());
+            }
+        }
+        Err(ApiError::BadRequest(
+            "could not choose an IP address to advertise since this system has multiple addresses on different interfaces (use --advertise-addr)".into(),
+        ))
+    }
+}
+
+fn engine_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("engine-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is empty",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = token::random_id();
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn join_error(e: MgmtError) -> ApiError {
+    match e {
+        MgmtError::Remote {
+            kind: ErrorKind::InvalidArgument | ErrorKind::PermissionDenied,
+            message,
+        } => ApiError::BadRequest(message),
+        MgmtError::Remote {
+            kind: ErrorKind::Unavailable,
+            message,
+        } => ApiError::Unavailable(message),
+        MgmtError::Handshake { addr, source } => ApiError::BadRequest(format!(
+            "could not join the swarm at {addr}: {source} (is the join token of this swarm?)"
+        )),
+        other => ApiError::internal("join", &other),
+    }
+}
+
+fn parse_advertise_addr(s: &str) -> Result<IpAddr, ApiError> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return nonzero(ip, s);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return nonzero(sa.ip(), s);
+    }
+    // An interface name, with an optional port.
+    let name = s.split(':').next().unwrap_or(s);
+    crate::util::interface_ipv4(name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "advertise address must be a non-zero IP address or network interface (with optional port number): {s}"
+        ))
+    })
+}
+
+fn nonzero(ip: IpAddr, s: &str) -> Result<IpAddr, ApiError> {
+    if ip.is_unspecified() {
+        return Err(ApiError::BadRequest(format!(
+            "advertise address must be a non-zero IP address or network interface (with optional port number): {s}"
+        )));
+    }
+    Ok(ip)
+}
+
+fn parse_listen_addr(s: Option<&str>, default: Option<SocketAddr>) -> Result<SocketAddr, ApiError> {
+    let fallback = default.unwrap_or(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        DEFAULT_LISTEN_PORT,
+    ));
+    let Some(s) = s.filter(|s| !s.is_empty()) else {
+        return Ok(fallback);
+    };
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_LISTEN_PORT));
+    }
+    if let Some(ip) = s.split(':').next().and_then(crate::util::interface_ipv4) {
+        let port = s
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(DEFAULT_LISTEN_PORT);
+        return Ok(SocketAddr::new(ip, port));
+    }
+    Err(ApiError::BadRequest(format!("invalid listen address {s}")))
+}
+
+fn with_default_port(s: &str, port: u16) -> Result<String, ApiError> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    if s.contains(':') {
+        return Ok(s.to_owned());
+    }
+    Ok(format!("{s}:{port}"))
+}
+
+/// Docker's checks on `--default-addr-pool` and its mask length.
+fn validate_pools(
+    pools: Vec<String>,
+    subnet_size: Option<u32>,
+) -> Result<(Vec<String>, u32), ApiError> {
+    let pools = if pools.is_empty() {
+        vec![DEFAULT_ADDR_POOL.to_owned()]
+    } else {
+        pools
+    };
+    let size = match subnet_size.unwrap_or(0) {
+        0 => DEFAULT_SUBNET_SIZE,
+        s => s,
+    };
+    let mut parsed = Vec::new();
+    for p in &pools {
+        let net: ipnet::IpNet = p.parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid default address pool {p}: invalid CIDR address"
+            ))
+        })?;
+        if net.network() != net.addr() {
+            return Err(ApiError::BadRequest(format!(
+                "invalid default address pool {p}: the address is not the network address of the prefix (did you mean {}?)",
+                net.trunc()
+            )));
+        }
+        let max = u32::from(net.max_prefix_len());
+        if size > max || size < u32::from(net.prefix_len()) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid subnet size {size} for default address pool {p}: it must be between {} and {max}",
+                net.prefix_len()
+            )));
+        }
+        for other in &parsed {
+            let other: &ipnet::IpNet = other;
+            if other.contains(&net.network()) || net.contains(&other.network()) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid default address pool {p}: it overlaps with {other}"
+                )));
+            }
+        }
+        parsed.push(net);
+    }
+    Ok((pools, size))
+}
+
+/// Docker's defaults for the parts of a swarm spec a client left out (the
+/// CLI sends zeros for what the user did not set, and swarmkit reads a zero
+/// as "the default").
+fn swarm_spec_with_defaults(mut spec: SwarmSpec) -> SwarmSpec {
+    fn default<T: PartialEq + Default>(v: &mut Option<T>, d: T) {
+        if v.as_ref().is_none_or(|x| *x == T::default()) {
+            *v = Some(d);
+        }
+    }
+    if spec.name.as_deref().unwrap_or_default().is_empty() {
+        spec.name = Some("default".into());
+    }
+    let o = spec
+        .orchestration
+        .get_or_insert_with(SwarmSpecOrchestration::default);
+    o.task_history_retention_limit.get_or_insert(5);
+    let r = spec.raft.get_or_insert_with(SwarmSpecRaft::default);
+    default(&mut r.snapshot_interval, 10000);
+    r.keep_old_snapshots.get_or_insert(0);
+    default(&mut r.log_entries_for_slow_followers, 500);
+    default(&mut r.election_tick, 10);
+    default(&mut r.heartbeat_tick, 1);
+    let d = spec
+        .dispatcher
+        .get_or_insert_with(SwarmSpecDispatcher::default);
+    default(&mut d.heartbeat_period, 5_000_000_000);
+    let c = spec
+        .ca_config
+        .get_or_insert_with(SwarmSpecCaConfig::default);
+    default(&mut c.node_cert_expiry, 7_776_000_000_000_000);
+    let e = spec
+        .encryption_config
+        .get_or_insert_with(SwarmSpecEncryptionConfig::default);
+    e.auto_lock_managers.get_or_insert(false);
+    spec.task_defaults.get_or_insert_with(Default::default);
+    spec
+}
+
+/// The manager side of the management port.
+struct ManagerHandler {
+    store: Arc<Store>,
+    local: LocalNode,
+}
+
+impl mgmt::Handler for ManagerHandler {
+    async fn handle(self: Arc<Self>, peer: Peer, req: mgmt::Request) -> Response {
+        match req {
+            mgmt::Request::Join(j) => self.join(peer, j),
+            mgmt::Request::Report { description } => {
+                let Some((node_id, _)) = peer.node else {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                };
+                match self.store.apply(Command::UpdateNodeDescription {
+                    id: node_id,
+                    description,
+                }) {
+                    Ok(_) => Response::Ok,
+                    Err(e) => Response::error(ErrorKind::PermissionDenied, e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+impl ManagerHandler {
+    fn join(&self, peer: Peer, req: JoinRequest) -> Response {
+        let Ok(token) = JoinToken::parse(&req.token) else {
+            return Response::error(ErrorKind::InvalidArgument, "invalid join token");
+        };
+        let Some(cluster) = self.store.read(|s| s.cluster.clone()) else {
+            return Response::error(ErrorKind::Unavailable, "the swarm is not initialized");
+        };
+        let matches = |t: &str| {
+            JoinToken::parse(t)
+                .is_ok_and(|t| t.same_secret(&token) && t.ca_digest() == token.ca_digest())
+        };
+        if matches(&cluster.manager_token) {
+            warn!(peer = %peer.addr, "refused a manager join: this version runs one manager");
+            return Response::error(
+                ErrorKind::Unavailable,
+                "joining as a manager needs replicated managers (Raft), which this swarmnet version does not have yet; join with the worker token",
+            );
+        }
+        if !matches(&cluster.worker_token) {
+            warn!(peer = %peer.addr, "refused a join with an invalid token");
+            return Response::error(ErrorKind::InvalidArgument, VALID_TOKEN_NEEDED);
+        }
+        let node_id = token::random_id();
+        let cert_pem = match cluster
+            .root_ca
+            .sign_node(&req.csr_der, &node_id, &cluster.id, false)
+        {
+            Ok(c) => c,
+            Err(e) => return Response::error(ErrorKind::InvalidArgument, e.to_string()),
+        };
+        let node = NodeRecord {
+            id: node_id.clone(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            version: 0,
+            spec: NodeSpec {
+                role: Some(NodeSpecRoleEnum::WORKER),
+                availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                ..Default::default()
+            },
+            description: req.description,
+            state: NodeState::Ready,
+            message: String::new(),
+            manager_addr: None,
+            leader: false,
+        };
+        if let Err(e) = self.store.apply(Command::AddNode {
+            node: Box::new(node),
+        }) {
+            return Response::error(ErrorKind::Internal, e.to_string());
+        }
+        info!(node = %node_id, peer = %peer.addr, "node joined");
+        Response::Joined(Box::new(JoinResponse {
+            node_id,
+            cluster_id: cluster.id,
+            manager: false,
+            cert_pem,
+            ca_cert_pem: cluster.root_ca.cert_pem,
+            gossip_key: cluster.gossip_key,
+            managers: self.local.managers.clone(),
+            data_path_port: cluster.data_path_port,
+        }))
+    }
+}
+
+/// Keeps every node's status in the store equal to what gossip says:
+/// Ready while its member is alive, Down once SWIM declares it dead (or,
+/// for a node gossip never saw, after a grace period).
+async fn reconcile_node_states(
+    store: Arc<Store>,
+    gossip: Gossip,
+    self_id: String,
+    self_description: NodeDescription,
+    cancel: CancellationToken,
+) {
+    if let Err(error) = store.apply(Command::UpdateNodeDescription {
+        id: self_id.clone(),
+        description: self_description,
+    }) {
+        warn!(%error, "update own description");
+    }
+    let mut first_seen: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members = gossip.members();
+        let nodes: Vec<(String, NodeState)> =
+            store.read(|s| s.nodes.values().map(|n| (n.id.clone(), n.state)).collect());
+        let now = Instant::now();
+        first_seen.retain(|id, _| nodes.iter().any(|(n, _)| n == id));
+        for (id, state) in nodes {
+            let seen = *first_seen.entry(id.clone()).or_insert(now);
+            let (want, message) = if id == self_id {
+                (NodeState::Ready, "")
+            } else {
+                match members.get(&id) {
+                    Some(m) if m.up => (NodeState::Ready, ""),
+                    Some(_) => (NodeState::Down, "heartbeat failure"),
+                    None if now.duration_since(seen) > GOSSIP_GRACE => {
+                        (NodeState::Down, "heartbeat failure")
+                    }
+                    None => continue,
+                }
+            };
+            if state != want {
+                info!(node = %id, from = ?state, to = ?want, "node status");
+                if let Err(error) = store.apply(Command::SetNodeState {
+                    id,
+                    state: want,
+                    message: message.into(),
+                }) {
+                    warn!(%error, "set node status");
+                }
+            }
+        }
+    }
+}
+
+/// A worker tells a manager its current description (address, hostname)
+/// over mutual TLS, retrying until one accepts.
+async fn report_description(
+    local: LocalNode,
+    description: NodeDescription,
+    cancel: CancellationToken,
+) {
+    let req = mgmt::Request::Report { description };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        for m in &local.managers {
+            match mgmt::call_authenticated(&m.addr, &local.identity, &req).await {
+                Ok(_) => return,
+                Err(MgmtError::Remote { message, .. }) => {
+                    warn!(manager = %m.addr, %message, "manager refused our report");
+                    return;
+                }
+                Err(error) => tracing::debug!(manager = %m.addr, %error, "report"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_checked_as_docker_does() {
+        assert_eq!(
+            validate_pools(vec![], None).expect("defaults"),
+            (vec!["10.0.0.0/8".to_owned()], 24)
+        );
+        assert!(
+            validate_pools(
+                vec!["198.19.0.0/16".into(), "198.19.128.0/17".into()],
+                Some(26)
+            )
+            .is_err()
+        );
+        assert!(validate_pools(vec!["198.19.0.0/33".into()], None).is_err());
+        assert!(validate_pools(vec!["198.19.1.1/16".into()], None).is_err());
+        assert!(validate_pools(vec!["198.19.0.0/16".into()], Some(8)).is_err());
+        assert!(validate_pools(vec!["not-a-cidr".into()], None).is_err());
+        assert_eq!(
+            validate_pools(
+                vec!["198.19.0.0/16".into(), "198.20.0.0/16".into()],
+                Some(26)
+            )
+            .expect("two pools")
+            .1,
+            26
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            with_default_port("198.18.0.11", 2377).ok().as_deref(),
+            Some("198.18.0.11:2377")
+        );
+        assert_eq!(
+            with_default_port("198.18.0.11:1234", 2377).ok().as_deref(),
+            Some("198.18.0.11:1234")
+        );
+        assert_eq!(
+            with_default_port("manager", 2377).ok().as_deref(),
+            Some("manager:2377")
+        );
+        assert!(parse_advertise_addr("0.0.0.0").is_err());
+        assert_eq!(
+            parse_advertise_addr("198.18.0.11:2377").ok(),
+            Some("198.18.0.11".parse().expect("ip"))
+        );
+        assert_eq!(
+            parse_listen_addr(Some("0.0.0.0:2377"), None).ok(),
+            Some("0.0.0.0:2377".parse().expect("sa"))
+        );
+    }
+}

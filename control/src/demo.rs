@@ -1,0 +1,288 @@
+//! `swarmnet demo up|down`: a swarm of agents in network namespaces on
+//! this machine, joined by a bridge in a hub namespace (underlay
+//! 198.18.0.0/24), formed with the real docker CLI. Nothing is created in
+//! the root namespace; `down` (or Ctrl-C on `up`) removes it all.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "swarmnet-demo";
+
+#[derive(Subcommand)]
+pub enum DemoCmd {
+    /// Start the demo cluster and keep it running until Ctrl-C.
+    Up {
+        /// How many nodes (the first is the manager).
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        /// Where sockets, data and logs go.
+        #[arg(long, default_value = "/run/swarmnet-demo")]
+        dir: PathBuf,
+        /// Start the cluster and return instead of waiting for Ctrl-C.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a demo cluster started with `up`.
+    Down {
+        #[arg(long, default_value = "/run/swarmnet-demo")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct DemoState {
+    namespaces: Vec<String>,
+    pids: Vec<u32>,
+}
+
+pub fn run(cmd: DemoCmd) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the demo creates network namespaces: run it as root");
+    }
+    match cmd {
+        DemoCmd::Up { nodes, dir, detach } => up(nodes, &dir, detach),
+        DemoCmd::Down { dir } => down(&dir),
+    }
+}
+
+fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn save(dir: &Path, st: &DemoState) -> Result<()> {
+    fs::write(state_path(dir), serde_json::to_vec(st)?).context("save demo state")
+}
+
+fn node_ip(i: u8) -> String {
+    format!("198.18.0.{}", 10 + u16::from(i))
+}
+
+fn up(nodes: u8, dir: &Path, detach: bool) -> Result<()> {
+    if !(1..=50).contains(&nodes) {
+        bail!("--nodes must be between 1 and 50");
+    }
+    if state_path(dir).exists() {
+        bail!(
+            "a demo is already running (state in {}): run `swarmnet demo down` first",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut st = DemoState::default();
+    let result = build(nodes, dir, &mut st);
+    if let Err(e) = result {
+        let _ = teardown(&st);
+        let _ = fs::remove_file(state_path(dir));
+        return Err(e);
+    }
+    let sock = dir.join("node1/docker.sock");
+    println!("\nThe demo swarm is up. Try:");
+    println!("  export DOCKER_HOST=unix://{}", sock.display());
+    println!("  docker node ls");
+    println!("  docker info");
+    for i in 1..=nodes {
+        println!(
+            "  node{i}: DOCKER_HOST=unix://{}  underlay {}",
+            dir.join(format!("node{i}/docker.sock")).display(),
+            node_ip(i)
+        );
+    }
+    if detach {
+        println!("\nStop it with: swarmnet demo down --dir {}", dir.display());
+        return Ok(());
+    }
+    println!("\nCtrl-C stops the demo and removes everything it made.");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    thread::spawn(move || {
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        let _ = tx.send(());
+    });
+    let _ = rx.recv();
+    down(dir)
+}
+
+fn build(nodes: u8, dir: &Path, st: &mut DemoState) -> Result<()> {
+    let exe = std::env::current_exe().context("own executable")?;
+    let hub = format!("{PREFIX}-hub");
+    sh(&["ip", "netns", "add", &hub])?;
+    st.namespaces.push(hub.clone());
+    save(dir, st)?;
+    sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+    for i in 1..=nodes {
+        let ns = format!("{PREFIX}-n{i}");
+        sh(&["ip", "netns", "add", &ns])?;
+        st.namespaces.push(ns.clone());
+        save(dir, st)?;
+        let port = format!("p{i}");
+        sh(&[
+            "ip", "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        sh(&[
+            "ip", "-n", &hub, "link", "set", &port, "master", "br0", "up",
+        ])?;
+        let cidr = format!("{}/24", node_ip(i));
+        sh(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        let ndir = dir.join(format!("node{i}"));
+        fs::create_dir_all(&ndir)?;
+        let log = fs::File::create(ndir.join("agent.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{ns}"))
+            .arg("--")
+            .arg(&exe)
+            .args(["agent", "--data-dir"])
+            .arg(ndir.join("data"))
+            .arg("-H")
+            .arg(format!("unix://{}", ndir.join("docker.sock").display()))
+            .args(["--hostname", &format!("node{i}")])
+            .args(["--advertise-addr", &node_ip(i)])
+            .args(["--metrics-addr", &format!("{}:9323", node_ip(i))])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start agent")?;
+        st.pids.push(child.id());
+        save(dir, st)?;
+    }
+    for i in 1..=nodes {
+        wait_ping(&dir.join(format!("node{i}/docker.sock")))?;
+    }
+    let docker = |i: u8, args: &[&str]| -> Result<String> {
+        let host = format!(
+            "unix://{}",
+            dir.join(format!("node{i}/docker.sock")).display()
+        );
+        let mut full = vec!["docker", "-H", host.as_str()];
+        full.extend_from_slice(args);
+        println!("$ docker -H {host} {}", args.join(" "));
+        sh(&full)
+    };
+    let manager = node_ip(1);
+    print!(
+        "{}",
+        docker(1, &["swarm", "init", "--advertise-addr", &manager])?
+    );
+    let token = docker(1, &["swarm", "join-token", "-q", "worker"])?;
+    let remote = format!("{manager}:2377");
+    for i in 2..=nodes {
+        print!(
+            "{}",
+            docker(i, &["swarm", "join", "--token", token.trim(), &remote])?
+        );
+    }
+    // Wait until every node is Ready, then show the list.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let host = format!("unix://{}", dir.join("node1/docker.sock").display());
+        let ready = sh(&[
+            "docker",
+            "-H",
+            &host,
+            "node",
+            "ls",
+            "--format",
+            "{{.Status}}",
+        ])?;
+        if ready.lines().filter(|l| *l == "Ready").count() == usize::from(nodes) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nodes did not all become Ready within 30 s:\n{ready}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    print!("{}", docker(1, &["node", "ls"])?);
+    Ok(())
+}
+
+fn wait_ping(sock: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let host = format!("unix://{}", sock.display());
+    while Instant::now() < deadline {
+        let ok = Command::new("docker")
+            .args(["-H", &host, "version", "--format", "{{.Server.APIVersion}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!("agent at {} did not answer within 20 s", sock.display())
+}
+
+fn teardown(st: &DemoState) -> Result<()> {
+    for pid in &st.pids {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    for pid in &st.pids {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for ns in st.namespaces.iter().rev() {
+        let _ = sh(&["ip", "netns", "del", ns]);
+    }
+    Ok(())
+}
+
+fn down(dir: &Path) -> Result<()> {
+    let bytes = match fs::read(state_path(dir)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no demo is running (nothing in {})", dir.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("read demo state"),
+    };
+    let st: DemoState = serde_json::from_slice(&bytes).context("parse demo state")?;
+    teardown(&st)?;
+    fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    println!("demo stopped and removed");
+    Ok(())
+}

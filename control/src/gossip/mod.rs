@@ -1,0 +1,314 @@
+//! SWIM membership on UDP (7946 by default) with foca. foca decides
+//! (sans-IO, through its `Runtime`); this module only moves its datagrams
+//! through the sealed envelope of [`wire`] and delivers its timers.
+//!
+//! The view other parts read is [`Gossip::members`]: for every node ID the
+//! newest identity foca knows and whether it is up.
+
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    num::NonZeroU32,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use foca::{Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use tokio::{net::UdpSocket, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{metrics::Metrics, util::unix_nanos};
+
+/// A member's identity: its node ID, gossip address and a bump that grows
+/// with every restart, so a restarted node wins over its old self.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberId {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub bump: u64,
+}
+
+impl std::fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}#{}", self.node_id, self.addr, self.bump)
+    }
+}
+
+impl Identity for MemberId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self {
+            bump: self.bump.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    #[error("bind gossip socket {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the rest of the agent sees of a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub addr: SocketAddr,
+    pub up: bool,
+}
+
+pub struct GossipConfig {
+    pub node_id: String,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub key: [u8; 32],
+    pub seeds: Vec<SocketAddr>,
+}
+
+enum Input {
+    Data(Vec<u8>),
+    Timer(Timer<MemberId>),
+    Announce(SocketAddr),
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Gossip {
+    tx: mpsc::Sender<Input>,
+    view: Arc<RwLock<HashMap<String, MemberView>>>,
+}
+
+/// Tuned for fast failure detection on a LAN: a dead member is suspected
+/// after one missed probe and declared down 1.5 s later.
+fn config(cluster_size: u32) -> Config {
+    let mut c = Config::new_lan(NonZeroU32::new(cluster_size.max(3)).unwrap_or(NonZeroU32::MIN));
+    c.probe_period = Duration::from_millis(750);
+    c.probe_rtt = Duration::from_millis(300);
+    c.suspect_to_down_after = Duration::from_millis(1500);
+    c.remove_down_after = Some(Duration::from_secs(120));
+    c.max_packet_size =
+        std::num::NonZeroUsize::new(1400 - wire::OVERHEAD).unwrap_or(std::num::NonZeroUsize::MIN);
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(10),
+        num_members: std::num::NonZeroUsize::MIN,
+    });
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(5),
+        num_members: std::num::NonZeroUsize::new(2).unwrap_or(std::num::NonZeroUsize::MIN),
+    });
+    c
+}
+
+impl Gossip {
+    pub async fn spawn(
+        cfg: GossipConfig,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+    ) -> Result<Self, GossipError> {
+        let socket = UdpSocket::bind(cfg.bind)
+            .await
+            .map_err(|source| GossipError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+        let socket = Arc::new(socket);
+        let (tx, rx) = mpsc::channel(1024);
+        let view = Arc::new(RwLock::new(HashMap::new()));
+        let sender_id: u64 = rand::random();
+        let me = MemberId {
+            node_id: cfg.node_id.clone(),
+            addr: cfg.advertise,
+            bump: unix_nanos() / 1_000_000,
+        };
+        info!(id = ?me, bind = %cfg.bind, "gossip starting");
+        let foca = Foca::new(
+            me,
+            config(3),
+            StdRng::from_rng(&mut rand::rng()),
+            PostcardCodec,
+        );
+        // Receive loop: open envelopes, hand payloads to the foca task.
+        {
+            let socket = socket.clone();
+            let tx = tx.clone();
+            let metrics = metrics.clone();
+            let cancel = cancel.clone();
+            let mut opener = wire::Opener::new(&cfg.key);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let (n, from) = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = socket.recv_from(&mut buf) => match r {
+                            Ok(r) => r,
+                            Err(error) => {
+                                warn!(%error, "gossip receive");
+                                continue;
+                            }
+                        },
+                    };
+                    metrics.gossip_received.inc();
+                    match opener.open(&buf[..n], unix_nanos()) {
+                        Ok(payload) => {
+                            if tx.send(Input::Data(payload)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(reason) => {
+                            metrics.gossip_drop(reason.label());
+                            debug!(%from, %reason, "gossip datagram dropped");
+                        }
+                    }
+                }
+            });
+        }
+        let driver = Driver {
+            foca,
+            runtime: foca::AccumulatingRuntime::new(),
+            socket,
+            sealer: wire::Sealer::new(&cfg.key, sender_id),
+            tx: tx.clone(),
+            view: view.clone(),
+            metrics,
+        };
+        tokio::spawn(driver.run(rx, cancel));
+        for seed in cfg.seeds {
+            let _ = tx.send(Input::Announce(seed)).await;
+        }
+        Ok(Self { tx, view })
+    }
+
+    /// Every member foca knows of, by node ID, newest identity first.
+    pub fn members(&self) -> HashMap<String, MemberView> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Tells the cluster this member leaves, then stops answering.
+    pub async fn leave(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Input::Leave(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
+    }
+}
+
+struct Driver {
+    foca: Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>,
+    runtime: foca::AccumulatingRuntime<MemberId>,
+    socket: Arc<UdpSocket>,
+    sealer: wire::Sealer,
+    tx: mpsc::Sender<Input>,
+    view: Arc<RwLock<HashMap<String, MemberView>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>, cancel: CancellationToken) {
+        loop {
+            let input = tokio::select! {
+                _ = cancel.cancelled() => return,
+                i = rx.recv() => match i { Some(i) => i, None => return },
+            };
+            let mut leaving = None;
+            let result = match input {
+                Input::Data(d) => self.foca.handle_data(&d, &mut self.runtime),
+                Input::Timer(t) => self.foca.handle_timer(t, &mut self.runtime),
+                Input::Announce(addr) => {
+                    let seed = MemberId {
+                        node_id: String::new(),
+                        addr,
+                        bump: 0,
+                    };
+                    self.foca.announce(seed, &mut self.runtime)
+                }
+                Input::Leave(done) => {
+                    leaving = Some(done);
+                    self.foca.leave_cluster(&mut self.runtime)
+                }
+            };
+            if let Err(error) = result {
+                // A datagram that authenticated but foca could not use.
+                self.metrics.gossip_drop("malformed");
+                debug!(%error, "foca refused input");
+            }
+            self.drain().await;
+            if let Some(done) = leaving {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            let sealed = self.sealer.seal(&data, unix_nanos());
+            if let Err(error) = self.socket.send_to(&sealed, to.addr).await {
+                debug!(to = ?to, %error, "gossip send");
+            }
+            self.metrics.gossip_sent.inc();
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(Input::Timer(timer)).await;
+            });
+        }
+        let mut changed = false;
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(id) => info!(member = ?id, "member up"),
+                OwnedNotification::MemberDown(id) => info!(member = ?id, "member down"),
+                OwnedNotification::Rename(a, b) => debug!(from = ?a, to = ?b, "member renamed"),
+                OwnedNotification::Defunct => warn!("this node was declared down"),
+                other => debug!(notification = ?other, "gossip"),
+            }
+            changed = true;
+        }
+        if changed {
+            self.refresh_view();
+        }
+    }
+
+    fn refresh_view(&self) {
+        let mut best: HashMap<String, (u64, MemberView)> = HashMap::new();
+        for m in self.foca.iter_membership_state() {
+            let id = m.id();
+            if id.node_id.is_empty() {
+                continue;
+            }
+            let view = MemberView {
+                addr: id.addr,
+                up: m.state() != foca::State::Down,
+            };
+            match best.get(&id.node_id) {
+                Some((bump, _)) if *bump >= id.bump => {}
+                _ => {
+                    best.insert(id.node_id.clone(), (id.bump, view));
+                }
+            }
+        }
+        let alive = best.values().filter(|(_, v)| v.up).count();
+        self.metrics.gossip_members.set(alive as i64);
+        let view: HashMap<_, _> = best.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}

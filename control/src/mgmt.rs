@@ -1,0 +1,264 @@
+//! The management port (2377/tcp): TLS, one length-prefixed JSON request
+//! and one response per connection. A join is the only request allowed
+//! without a client certificate; everything else is mutual TLS under the
+//! cluster CA, and the caller is who its certificate says.
+
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+
+use rustls::{ClientConfig, ServerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{pki, store::NodeDescription};
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Serialize, Deserialize)]
+pub enum Request {
+    Join(JoinRequest),
+    /// A node reports its description (after a restart, for example).
+    Report {
+        description: NodeDescription,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub csr_der: Vec<u8>,
+    pub description: NodeDescription,
+}
+
+impl fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &"<redacted>")
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManagerPeer {
+    pub node_id: String,
+    /// `ip:port` of its management listener.
+    pub addr: String,
+    pub gossip: SocketAddr,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub manager: bool,
+    pub cert_pem: String,
+    pub ca_cert_pem: String,
+    pub gossip_key: String,
+    pub managers: Vec<ManagerPeer>,
+    pub data_path_port: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum Response {
+    Joined(Box<JoinResponse>),
+    Ok,
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    #[error("connect to manager {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with manager {addr}: {source}")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talk to manager {addr}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out talking to manager {0}")]
+    Timeout(String),
+    #[error("bad frame from manager {0}")]
+    Frame(String),
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {MAX_FRAME}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(data.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
+    w.write_u32(len).await?;
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+/// Sends one request to a manager and returns its response.
+async fn call(addr: &str, tls: ClientConfig, req: &Request) -> Result<Response, MgmtError> {
+    let body = serde_json::to_vec(req).map_err(|e| MgmtError::Frame(e.to_string()))?;
+    let run = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| MgmtError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let mut tls = TlsConnector::from(Arc::new(tls))
+            .connect(pki::manager_server_name(), tcp)
+            .await
+            .map_err(|source| MgmtError::Handshake {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let io = |source| MgmtError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        write_frame(&mut tls, &body).await.map_err(io)?;
+        let reply = read_frame(&mut tls).await.map_err(io)?;
+        let _ = tls.shutdown().await;
+        serde_json::from_slice::<Response>(&reply).map_err(|e| MgmtError::Frame(e.to_string()))
+    };
+    let resp = tokio::time::timeout(IO_TIMEOUT, run)
+        .await
+        .map_err(|_| MgmtError::Timeout(addr.to_owned()))??;
+    match resp {
+        Response::Error { kind, message } => Err(MgmtError::Remote { kind, message }),
+        ok => Ok(ok),
+    }
+}
+
+/// Joins through the manager at `addr`, trusting only the CA the token pins.
+pub async fn join(
+    addr: &str,
+    token: &crate::token::JoinToken,
+    req: JoinRequest,
+) -> Result<JoinResponse, MgmtError> {
+    let tls = pki::join_client_config(token)?;
+    match call(addr, tls, &Request::Join(req)).await? {
+        Response::Joined(j) => Ok(*j),
+        _ => Err(MgmtError::Frame(addr.to_owned())),
+    }
+}
+
+/// A request over mutual TLS with this node's certificate.
+pub async fn call_authenticated(
+    addr: &str,
+    identity: &pki::NodeIdentity,
+    req: &Request,
+) -> Result<Response, MgmtError> {
+    call(addr, identity.client_config()?, req).await
+}
+
+/// Who is calling: the node ID and role from a verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub node: Option<(String, bool)>,
+}
+
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        peer: Peer,
+        req: Request,
+    ) -> impl std::future::Future<Output = Response> + Send;
+}
+
+/// Serves the management port until `cancel` fires.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    handler: Arc<H>,
+    cancel: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(error) => {
+                    warn!(%error, "management accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let run = async {
+                let mut tls = acceptor.accept(tcp).await?;
+                let node = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(pki::peer_identity);
+                let frame = read_frame(&mut tls).await?;
+                let resp = match serde_json::from_slice::<Request>(&frame) {
+                    Ok(req) => handler.handle(Peer { addr, node }, req).await,
+                    Err(e) => Response::error(ErrorKind::InvalidArgument, e.to_string()),
+                };
+                let body = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
+                write_frame(&mut tls, &body).await?;
+                let _ = tls.shutdown().await;
+                Ok::<_, std::io::Error>(())
+            };
+            match tokio::time::timeout(IO_TIMEOUT, run).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => debug!(peer = %addr, %error, "management connection"),
+                Err(_) => debug!(peer = %addr, "management connection timed out"),
+            }
+        });
+    }
+}

@@ -1,0 +1,457 @@
+//! The desired state of the swarm and the one way it changes: a [`Command`]
+//! applied by [`State::apply`]. Pure: no I/O, no clock (the caller hands
+//! the time in). Every applied command advances the store's index, and the
+//! objects it touched take that index as their `Version.Index`, as in
+//! swarmkit, so API clients get optimistic concurrency for free.
+//!
+//! The Raft issue replicates exactly these commands among managers.
+
+use std::collections::BTreeMap;
+
+use bollard_stubs::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::RootCa;
+
+/// What a node's status is, as the managers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Unknown,
+    Down,
+    Ready,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+    pub spec: SwarmSpec,
+    pub root_ca: RootCa,
+    /// Full join tokens; only managers ever see them.
+    pub worker_token: String,
+    pub manager_token: String,
+    /// The key that seals gossip datagrams, hex.
+    pub gossip_key: String,
+    pub default_addr_pool: Vec<String>,
+    pub subnet_size: u32,
+    pub data_path_port: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+    pub spec: NodeSpec,
+    pub description: NodeDescription,
+    pub state: NodeState,
+    pub message: String,
+    /// `ip:port` of the management listener, for managers.
+    pub manager_addr: Option<String>,
+    pub leader: bool,
+}
+
+/// What a node tells about itself (Docker's `Description`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub hostname: String,
+    /// The node's address on the underlay (Docker's `Status.Addr`).
+    pub addr: String,
+    pub gossip_port: u16,
+    pub os: String,
+    pub architecture: String,
+    pub engine_version: String,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub index: u64,
+    pub cluster: Option<ClusterRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    InitCluster {
+        cluster: Box<ClusterRecord>,
+        node: Box<NodeRecord>,
+    },
+    AddNode {
+        node: Box<NodeRecord>,
+    },
+    UpdateNodeSpec {
+        id: String,
+        version: u64,
+        spec: NodeSpec,
+    },
+    UpdateNodeDescription {
+        id: String,
+        description: NodeDescription,
+    },
+    SetNodeState {
+        id: String,
+        state: NodeState,
+        message: String,
+    },
+    RemoveNode {
+        id: String,
+        force: bool,
+    },
+}
+
+/// An object the last command changed: what the store must write (or
+/// delete, when it is gone from the state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Cluster,
+    Node(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("this node is already part of a swarm")]
+    AlreadyInitialized,
+    #[error("the swarm is not initialized")]
+    NotInitialized,
+    #[error("node {0} not found")]
+    NoSuchNode(String),
+    #[error("node {0} already exists")]
+    NodeExists(String),
+    /// swarmkit's wording; the docker CLI users know it.
+    #[error("update out of sequence")]
+    OutOfSequence,
+    #[error("node {0} is not down and can't be removed")]
+    NodeNotDown(String),
+    #[error(
+        "node {0} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+    )]
+    NodeIsManager(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl State {
+    pub fn node(&self, id: &str) -> Option<&NodeRecord> {
+        self.nodes.get(id)
+    }
+
+    /// Applies `cmd` at time `now` (RFC 3339). On error nothing changed.
+    pub fn apply(&mut self, cmd: Command, now: &str) -> Result<Vec<Touched>, CommandError> {
+        let index = self.index + 1;
+        let touched = match cmd {
+            Command::InitCluster {
+                mut cluster,
+                mut node,
+            } => {
+                if self.cluster.is_some() {
+                    return Err(CommandError::AlreadyInitialized);
+                }
+                cluster.version = index;
+                node.version = index;
+                let id = node.id.clone();
+                self.cluster = Some(*cluster);
+                self.nodes.insert(id.clone(), *node);
+                vec![Touched::Cluster, Touched::Node(id)]
+            }
+            Command::AddNode { mut node } => {
+                self.require_cluster()?;
+                if self.nodes.contains_key(&node.id) {
+                    return Err(CommandError::NodeExists(node.id.clone()));
+                }
+                node.version = index;
+                node.created_at = now.to_owned();
+                node.updated_at = now.to_owned();
+                let id = node.id.clone();
+                self.nodes.insert(id.clone(), *node);
+                vec![Touched::Node(id)]
+            }
+            Command::UpdateNodeSpec { id, version, spec } => {
+                let node = self.node_mut(&id)?;
+                if node.version != version {
+                    return Err(CommandError::OutOfSequence);
+                }
+                let mut spec = spec;
+                if spec.role == Some(NodeSpecRoleEnum::EMPTY) {
+                    spec.role = None;
+                }
+                if spec.availability == Some(NodeSpecAvailabilityEnum::EMPTY) {
+                    spec.availability = None;
+                }
+                if spec.role.is_some() && spec.role != node.spec.role {
+                    return Err(CommandError::InvalidArgument(
+                        "changing a node's role (promote/demote) is not supported yet".into(),
+                    ));
+                }
+                if spec.role.is_none() {
+                    spec.role = node.spec.role;
+                }
+                if spec.availability.is_none() {
+                    spec.availability = Some(NodeSpecAvailabilityEnum::ACTIVE);
+                }
+                node.spec = spec;
+                node.version = index;
+                node.updated_at = now.to_owned();
+                vec![Touched::Node(id)]
+            }
+            Command::UpdateNodeDescription { id, description } => {
+                let node = self.node_mut(&id)?;
+                if node.description == description {
+                    return Ok(Vec::new());
+                }
+                if let Some(m) = node.manager_addr.as_mut() {
+                    // The management listener follows the node's address.
+                    if let Some((_, port)) = m.rsplit_once(':') {
+                        *m = format!("{}:{port}", description.addr);
+                    }
+                }
+                node.description = description;
+                node.version = index;
+                node.updated_at = now.to_owned();
+                vec![Touched::Node(id)]
+            }
+            Command::SetNodeState { id, state, message } => {
+                let node = self.node_mut(&id)?;
+                if node.state == state && node.message == message {
+                    return Ok(Vec::new());
+                }
+                node.state = state;
+                node.message = message;
+                node.version = index;
+                node.updated_at = now.to_owned();
+                vec![Touched::Node(id)]
+            }
+            Command::RemoveNode { id, force } => {
+                let node = self.node(&id).ok_or(CommandError::NoSuchNode(id.clone()))?;
+                if node.spec.role == Some(NodeSpecRoleEnum::MANAGER) {
+                    return Err(CommandError::NodeIsManager(id));
+                }
+                if !force && node.state == NodeState::Ready {
+                    return Err(CommandError::NodeNotDown(id));
+                }
+                self.nodes.remove(&id);
+                vec![Touched::Node(id)]
+            }
+        };
+        self.index = index;
+        Ok(touched)
+    }
+
+    fn require_cluster(&self) -> Result<&ClusterRecord, CommandError> {
+        self.cluster.as_ref().ok_or(CommandError::NotInitialized)
+    }
+
+    fn node_mut(&mut self, id: &str) -> Result<&mut NodeRecord, CommandError> {
+        self.nodes
+            .get_mut(id)
+            .ok_or_else(|| CommandError::NoSuchNode(id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn node(id: &str, manager: bool) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            created_at: "t0".into(),
+            updated_at: "t0".into(),
+            version: 0,
+            spec: NodeSpec {
+                role: Some(if manager {
+                    NodeSpecRoleEnum::MANAGER
+                } else {
+                    NodeSpecRoleEnum::WORKER
+                }),
+                availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                ..Default::default()
+            },
+            description: NodeDescription {
+                hostname: id.into(),
+                addr: "192.0.2.1".into(),
+                ..Default::default()
+            },
+            state: NodeState::Ready,
+            message: String::new(),
+            manager_addr: manager.then(|| "192.0.2.1:2377".into()),
+            leader: manager,
+        }
+    }
+
+    pub(crate) fn cluster() -> ClusterRecord {
+        ClusterRecord {
+            id: "c1".into(),
+            created_at: "t0".into(),
+            updated_at: "t0".into(),
+            version: 0,
+            spec: SwarmSpec::default(),
+            root_ca: RootCa {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            worker_token: "w".into(),
+            manager_token: "m".into(),
+            gossip_key: String::new(),
+            default_addr_pool: vec!["10.0.0.0/8".into()],
+            subnet_size: 24,
+            data_path_port: 4789,
+        }
+    }
+
+    fn initialised() -> State {
+        let mut s = State::default();
+        s.apply(
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: Box::new(node("m1", true)),
+            },
+            "t1",
+        )
+        .expect("init");
+        s
+    }
+
+    #[test]
+    fn init_once() {
+        let mut s = initialised();
+        assert_eq!(s.index, 1);
+        assert_eq!(s.nodes["m1"].version, 1);
+        let again = s.apply(
+            Command::InitCluster {
+                cluster: Box::new(cluster()),
+                node: Box::new(node("m2", true)),
+            },
+            "t2",
+        );
+        assert_eq!(again, Err(CommandError::AlreadyInitialized));
+        assert_eq!(s.index, 1);
+        assert_eq!(s.nodes.len(), 1);
+    }
+
+    #[test]
+    fn stale_version_is_refused_and_changes_nothing() {
+        let mut s = initialised();
+        s.apply(
+            Command::AddNode {
+                node: Box::new(node("w1", false)),
+            },
+            "t2",
+        )
+        .expect("add");
+        let v = s.nodes["w1"].version;
+        let mut spec = s.nodes["w1"].spec.clone();
+        spec.availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+        let first = Command::UpdateNodeSpec {
+            id: "w1".into(),
+            version: v,
+            spec: spec.clone(),
+        };
+        s.apply(first.clone(), "t3").expect("first update wins");
+        let before = s.nodes["w1"].clone();
+        assert_eq!(s.apply(first, "t4"), Err(CommandError::OutOfSequence));
+        assert_eq!(s.nodes["w1"].version, before.version);
+        assert_eq!(s.nodes["w1"].updated_at, "t3");
+    }
+
+    #[test]
+    fn role_changes_are_refused_for_now() {
+        let mut s = initialised();
+        let mut spec = s.nodes["m1"].spec.clone();
+        spec.role = Some(NodeSpecRoleEnum::WORKER);
+        let r = s.apply(
+            Command::UpdateNodeSpec {
+                id: "m1".into(),
+                version: 1,
+                spec,
+            },
+            "t",
+        );
+        assert!(matches!(r, Err(CommandError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn remove_rules() {
+        let mut s = initialised();
+        s.apply(
+            Command::AddNode {
+                node: Box::new(node("w1", false)),
+            },
+            "t",
+        )
+        .expect("add");
+        assert_eq!(
+            s.apply(
+                Command::RemoveNode {
+                    id: "m1".into(),
+                    force: true
+                },
+                "t"
+            ),
+            Err(CommandError::NodeIsManager("m1".into()))
+        );
+        assert_eq!(
+            s.apply(
+                Command::RemoveNode {
+                    id: "w1".into(),
+                    force: false
+                },
+                "t"
+            ),
+            Err(CommandError::NodeNotDown("w1".into()))
+        );
+        s.apply(
+            Command::SetNodeState {
+                id: "w1".into(),
+                state: NodeState::Down,
+                message: "heartbeat failure".into(),
+            },
+            "t",
+        )
+        .expect("down");
+        s.apply(
+            Command::RemoveNode {
+                id: "w1".into(),
+                force: false,
+            },
+            "t",
+        )
+        .expect("remove a down node");
+        assert!(s.node("w1").is_none());
+        assert_eq!(
+            s.apply(
+                Command::RemoveNode {
+                    id: "w1".into(),
+                    force: false
+                },
+                "t"
+            ),
+            Err(CommandError::NoSuchNode("w1".into()))
+        );
+    }
+
+    #[test]
+    fn unchanged_state_is_not_a_write() {
+        let mut s = initialised();
+        let i = s.index;
+        let t = s
+            .apply(
+                Command::SetNodeState {
+                    id: "m1".into(),
+                    state: NodeState::Ready,
+                    message: String::new(),
+                },
+                "t",
+            )
+            .expect("apply");
+        assert!(t.is_empty());
+        assert_eq!(s.index, i);
+        assert_eq!(s.nodes["m1"].version, 1);
+    }
+}
