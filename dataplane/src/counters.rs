@@ -77,7 +77,13 @@ impl Proto {
     /// protocol number.
     pub fn label(&self) -> String {
         match self {
+            // IANA protocol keywords for the common ones.
+            Proto::Ip(0) => "hopopt".to_owned(),
             Proto::Ip(1) => "icmp".to_owned(),
+            Proto::Ip(2) => "igmp".to_owned(),
+            Proto::Ip(47) => "gre".to_owned(),
+            Proto::Ip(50) => "esp".to_owned(),
+            Proto::Ip(132) => "sctp".to_owned(),
             Proto::Ip(6) => "tcp".to_owned(),
             Proto::Ip(17) => "udp".to_owned(),
             Proto::Ip(58) => "icmpv6".to_owned(),
@@ -263,10 +269,12 @@ mod tests {
         assert_eq!(Proto::Ip(6).label(), "tcp");
         assert_eq!(Proto::Ip(17).label(), "udp");
         assert_eq!(Proto::Ip(58).label(), "icmpv6");
-        assert_eq!(Proto::Ip(47).label(), "47");
+        assert_eq!(Proto::Ip(47).label(), "gre");
+        assert_eq!(Proto::Ip(0).label(), "hopopt");
+        assert_eq!(Proto::Ip(99).label(), "99");
         assert_eq!(Proto::Arp.label(), "arp");
         assert_eq!(Proto::Other.label(), "other");
-        assert_eq!(Proto::Ip(0).to_string(), "0");
+        assert_eq!(Proto::Ip(0).to_string(), "hopopt");
     }
 
     #[test]

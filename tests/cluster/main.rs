@@ -1,1 +1,12 @@
+//! End-to-end tests: each builds its own [`swarmnet_tests::Cluster`] of
+//! real agents in network namespaces and drives it the way users do.
+//! They need root and `target/debug/swarmnet` (`cargo build --workspace`).
 
+mod badinput;
+mod cli;
+mod ebpf;
+mod gossip;
+mod liveness;
+mod node_update;
+mod sdk;
+mod tokens;
