@@ -31,7 +31,9 @@ use crate::{
     metrics::Metrics,
     mgmt::{self, ErrorKind, JoinRequest, JoinResponse, ManagerPeer, MgmtError, Peer, Response},
     pki::{self, NodeIdentity, RootCa},
-    store::{ClusterRecord, Command, NodeDescription, NodeRecord, NodeState, Store},
+    store::{
+        ClusterRecord, Command, NodeDescription, NodeRecord, NodeState, RaftReply, RaftRpc, Store,
+    },
     token::{self, JoinToken, TokenError},
     util::now_rfc3339,
 };
@@ -43,6 +45,7 @@ const DEFAULT_SUBNET_SIZE: u32 = 24;
 /// A node that never showed up in gossip is marked down after this long.
 const GOSSIP_GRACE: Duration = Duration::from_secs(8);
 const RECONCILE_EVERY: Duration = Duration::from_millis(200);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const VALID_TOKEN_NEEDED: &str = "A valid join token is necessary to join this cluster";
 
 /// Settings of the agent process (its command line, typed).
@@ -123,6 +126,56 @@ pub struct Active {
     cancel: CancellationToken,
 }
 
+impl Active {
+    /// Stops everything this membership runs.
+    async fn stop(&self) {
+        self.cancel.cancel();
+        if let Some(store) = &self.store {
+            store.shutdown().await;
+        }
+    }
+}
+
+/// How a manager's store starts.
+enum Boot {
+    /// From what is on disk (or, for a worker, nothing to start).
+    Resume,
+    /// A new swarm: this manager alone, with the cluster and itself.
+    Init(Box<(ClusterRecord, NodeRecord)>),
+    /// A manager that just joined: empty until the leader replicates.
+    JoinManager,
+}
+
+/// `ip:port` of a manager's management listener, as peers dial it.
+fn manager_addr(local: &LocalNode) -> String {
+    SocketAddr::new(local.advertise_addr, local.listen_addr.port()).to_string()
+}
+
+/// A manager that joined asks the managers it knows to add it to the Raft
+/// group (the request reaches the leader), over mutual TLS.
+async fn join_raft_group(local: &LocalNode, me: &str) -> Result<(), ApiError> {
+    let req = mgmt::Request::AddManager {
+        node_id: local.node_id.clone(),
+        addr: me.to_owned(),
+    };
+    let mut last = None;
+    for m in &local.managers {
+        match mgmt::call_authenticated(&m.addr, &local.identity, &req, Duration::from_secs(40))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                warn!(manager = %m.addr, error = %e, "add to raft group");
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(e) => ApiError::internal("join the managers' raft group", &e),
+        None => ApiError::Internal("no manager to join".into()),
+    })
+}
+
 pub struct Agent {
     pub cfg: AgentConfig,
     pub metrics: Arc<Metrics>,
@@ -164,7 +217,10 @@ impl Agent {
         });
         if let Some(local) = local {
             info!(node = %local.node_id, manager = local.manager, "resuming swarm membership");
-            let active = agent.activate(local).await.map_err(AgentError::Resume)?;
+            let active = agent
+                .activate(local, Boot::Resume)
+                .await
+                .map_err(AgentError::Resume)?;
             *agent.active.write().await = Some(active);
         }
         Ok(agent)
@@ -195,25 +251,114 @@ impl Agent {
         }
     }
 
-    /// Starts what a node in a swarm runs.
-    async fn activate(self: &Arc<Self>, local: LocalNode) -> Result<Arc<Active>, ApiError> {
+    /// Starts what a node in a swarm runs. Managers open their store
+    /// (Raft) and serve the management port; `boot` says whether the store
+    /// is resumed, created with a new swarm, or filled by joining managers.
+    async fn activate(
+        self: &Arc<Self>,
+        local: LocalNode,
+        boot: Boot,
+    ) -> Result<Arc<Active>, ApiError> {
         let cancel = CancellationToken::new();
-        let key = local
-            .gossip_key()
-            .ok_or_else(|| ApiError::Internal("stored gossip key is invalid".into()))?;
+        match self.start_parts(&local, boot, &cancel).await {
+            Ok((store, gossip)) => Ok(Arc::new(Active {
+                local,
+                store,
+                gossip,
+                cancel,
+            })),
+            Err((e, store)) => {
+                cancel.cancel();
+                if let Some(store) = store {
+                    store.shutdown().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start_parts(
+        self: &Arc<Self>,
+        local: &LocalNode,
+        boot: Boot,
+        cancel: &CancellationToken,
+    ) -> Result<(Option<Arc<Store>>, Gossip), (ApiError, Option<Arc<Store>>)> {
+        let key = local.gossip_key().ok_or_else(|| {
+            (
+                ApiError::Internal("stored gossip key is invalid".into()),
+                None,
+            )
+        })?;
         let store = if local.manager {
-            let store = Store::open(&self.cfg.data_dir.join("swarm.redb"))?;
+            let tls = local
+                .identity
+                .client_config()
+                .map_err(|e| (ApiError::internal("management TLS", &e), None))?;
+            let store = Store::open(
+                &self.cfg.data_dir.join("swarm.redb"),
+                &local.node_id,
+                Arc::new(tls),
+            )
+            .await
+            .map_err(|e| (ApiError::internal("open store", &e), None))?;
             Some(Arc::new(store))
         } else {
             None
         };
+        let fail = |e: ApiError| (e, store.clone());
+        if let Some(store) = &store {
+            let listener = tokio::net::TcpListener::bind(local.listen_addr)
+                .await
+                .map_err(|e| {
+                    fail(ApiError::internal(
+                        &format!("listen on {}", local.listen_addr),
+                        &e,
+                    ))
+                })?;
+            let tls = local
+                .identity
+                .server_config()
+                .map_err(|e| fail(ApiError::internal("management TLS", &e)))?;
+            let handler = Arc::new(ManagerHandler {
+                store: store.clone(),
+                listen_port: local.listen_addr.port(),
+            });
+            info!(addr = %local.listen_addr, "management port listening");
+            tokio::spawn(mgmt::serve(
+                listener,
+                Arc::new(tls),
+                handler,
+                cancel.clone(),
+            ));
+            let me = manager_addr(local);
+            match boot {
+                Boot::Resume => {}
+                Boot::Init(init) => {
+                    let (cluster, node) = *init;
+                    store.initialize(me).await.map_err(|e| fail(e.into()))?;
+                    store
+                        .write(Command::InitCluster {
+                            cluster: Box::new(cluster),
+                            node: Box::new(node),
+                        })
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                }
+                Boot::JoinManager => {
+                    join_raft_group(local, &me).await.map_err(fail)?;
+                    if !store.wait_for_cluster(Duration::from_secs(20)).await {
+                        return Err(fail(ApiError::Internal(
+                            "this manager did not receive the swarm state within 20 s".into(),
+                        )));
+                    }
+                }
+            }
+        }
         let mut seeds: Vec<SocketAddr> = local.managers.iter().map(|m| m.gossip).collect();
         if let Some(store) = &store {
             store.read(|s| {
                 for n in s.nodes.values() {
-                    if n.id == local.node_id {
-                        continue;
-                    }
                     if let Ok(ip) = n.description.addr.parse::<IpAddr>() {
                         seeds.push(SocketAddr::new(ip, n.description.gossip_port));
                     }
@@ -222,6 +367,8 @@ impl Agent {
         }
         let me = SocketAddr::new(local.advertise_addr, local.gossip_port);
         seeds.retain(|s| *s != me);
+        seeds.sort();
+        seeds.dedup();
         let gossip = Gossip::spawn(
             GossipConfig {
                 node_id: local.node_id.clone(),
@@ -234,52 +381,25 @@ impl Agent {
             cancel.clone(),
         )
         .await
-        .map_err(|e| {
-            cancel.cancel();
-            ApiError::internal("start gossip", &e)
-        })?;
+        .map_err(|e| fail(ApiError::internal("start gossip", &e)))?;
+        let description = self.description(local.advertise_addr, local.gossip_port);
         if let Some(store) = &store {
-            let listener = tokio::net::TcpListener::bind(local.listen_addr)
-                .await
-                .map_err(|e| {
-                    cancel.cancel();
-                    ApiError::internal(&format!("listen on {}", local.listen_addr), &e)
-                })?;
-            let tls = local.identity.server_config().map_err(|e| {
-                cancel.cancel();
-                ApiError::internal("management TLS", &e)
-            })?;
-            let handler = Arc::new(ManagerHandler {
-                store: store.clone(),
-                local: local.clone(),
-            });
-            info!(addr = %local.listen_addr, "management port listening");
-            tokio::spawn(mgmt::serve(
-                listener,
-                Arc::new(tls),
-                handler,
-                cancel.clone(),
-            ));
             tokio::spawn(reconcile_node_states(
                 store.clone(),
                 gossip.clone(),
                 local.node_id.clone(),
-                self.description(local.advertise_addr, local.gossip_port),
+                description,
                 cancel.clone(),
             ));
         } else {
-            tokio::spawn(report_description(
+            tokio::spawn(heartbeat(
+                self.clone(),
                 local.clone(),
-                self.description(local.advertise_addr, local.gossip_port),
+                description,
                 cancel.clone(),
             ));
         }
-        Ok(Arc::new(Active {
-            local,
-            store,
-            gossip,
-            cancel,
-        }))
+        Ok((store, gossip))
     }
 
     /// `POST /swarm/init`: a new swarm with this node as its manager.
@@ -349,7 +469,6 @@ impl Agent {
             state: NodeState::Ready,
             message: String::new(),
             manager_addr: Some(manager_addr.clone()),
-            leader: true,
         };
         let local = LocalNode {
             node_id: node_id.clone(),
@@ -370,14 +489,10 @@ impl Agent {
         let store_path = self.cfg.data_dir.join("swarm.redb");
         // A store left by an earlier, forced leave would carry its state over.
         let _ = std::fs::remove_file(&store_path);
+        let active = match self
+            .activate(local.clone(), Boot::Init(Box::new((cluster, node))))
+            .await
         {
-            let store = Store::open(&store_path)?;
-            store.apply(Command::InitCluster {
-                cluster: Box::new(cluster),
-                node: Box::new(node),
-            })?;
-        }
-        let active = match self.activate(local.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = std::fs::remove_file(&store_path);
@@ -385,7 +500,7 @@ impl Agent {
             }
         };
         if let Err(e) = local.save(&self.cfg.data_dir) {
-            active.cancel.cancel();
+            active.stop().await;
             let _ = std::fs::remove_file(&store_path);
             return Err(ApiError::internal("save node state", &e));
         }
@@ -424,6 +539,7 @@ impl Agent {
                 token: token.expose(),
                 csr_der,
                 description,
+                listen_port: listen_addr.port(),
             },
         )
         .await
@@ -455,11 +571,26 @@ impl Agent {
             managers: joined.managers,
             data_path_port: joined.data_path_port,
         };
-        local
-            .save(&self.cfg.data_dir)
-            .map_err(|e| ApiError::internal("save node state", &e))?;
-        let active = self.activate(local).await?;
-        info!(node = %joined.node_id, "joined swarm");
+        let boot = if local.manager {
+            Boot::JoinManager
+        } else {
+            Boot::Resume
+        };
+        let store_path = self.cfg.data_dir.join("swarm.redb");
+        let _ = std::fs::remove_file(&store_path);
+        let active = match self.activate(local.clone(), boot).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_file(&store_path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = local.save(&self.cfg.data_dir) {
+            active.stop().await;
+            let _ = std::fs::remove_file(&store_path);
+            return Err(ApiError::internal("save node state", &e));
+        }
+        info!(node = %joined.node_id, manager = local.manager, "joined swarm");
         *self.active.write().await = Some(active);
         Ok(())
     }
@@ -478,7 +609,7 @@ impl Agent {
             ));
         }
         active.gossip.leave().await;
-        active.cancel.cancel();
+        active.stop().await;
         *self.active.write().await = None;
         for f in ["node.json", "swarm.redb"] {
             match std::fs::remove_file(self.cfg.data_dir.join(f)) {
@@ -705,34 +836,94 @@ fn swarm_spec_with_defaults(mut spec: SwarmSpec) -> SwarmSpec {
 /// The manager side of the management port.
 struct ManagerHandler {
     store: Arc<Store>,
-    local: LocalNode,
+    listen_port: u16,
 }
 
 impl mgmt::Handler for ManagerHandler {
     async fn handle(self: Arc<Self>, peer: Peer, req: mgmt::Request) -> Response {
+        let caller = peer.node.clone();
+        let manager_caller = matches!(caller, Some((_, true)));
         match req {
-            mgmt::Request::Join(j) => self.join(peer, j),
-            mgmt::Request::Report { description } => {
-                let Some((node_id, _)) = peer.node else {
+            mgmt::Request::Join(j) => self.join(peer, j).await,
+            mgmt::Request::Heartbeat { description } => {
+                let Some((node_id, _)) = caller else {
                     return Response::error(
                         ErrorKind::PermissionDenied,
                         "a node certificate is required",
                     );
                 };
-                match self.store.apply(Command::UpdateNodeDescription {
-                    id: node_id,
-                    description,
-                }) {
-                    Ok(_) => Response::Ok,
-                    Err(e) => Response::error(ErrorKind::PermissionDenied, e.to_string()),
+                self.heartbeat(node_id, description).await
+            }
+            mgmt::Request::Raft(rpc) if manager_caller => self.raft(*rpc).await,
+            mgmt::Request::Write(p) if manager_caller => match self.store.propose_local(p).await {
+                Ok(applied) => Response::Applied(applied),
+                Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
+            },
+            mgmt::Request::AddManager { node_id, addr } => {
+                // Only the manager itself may ask to be added.
+                if caller != Some((node_id.clone(), true)) {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a manager certificate for that node is required",
+                    );
+                }
+                match self.store.add_manager(&node_id, &addr).await {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
                 }
             }
+            mgmt::Request::Raft(_) | mgmt::Request::Write(_) => Response::error(
+                ErrorKind::PermissionDenied,
+                "a manager certificate is required",
+            ),
         }
     }
 }
 
 impl ManagerHandler {
-    fn join(&self, peer: Peer, req: JoinRequest) -> Response {
+    async fn raft(&self, rpc: RaftRpc) -> Response {
+        let raft = self.store.raft();
+        let reply = match rpc {
+            RaftRpc::Append(r) => RaftReply::Append(raft.append_entries(r).await),
+            RaftRpc::Vote(r) => RaftReply::Vote(raft.vote(r).await),
+            RaftRpc::Snapshot(r) => RaftReply::Snapshot(raft.install_snapshot(r).await),
+        };
+        Response::Raft(Box::new(reply))
+    }
+
+    async fn heartbeat(&self, node_id: String, description: NodeDescription) -> Response {
+        let known = self.store.read(|s| {
+            s.node(&node_id).map(|n| {
+                (
+                    n.description == description,
+                    n.spec.role == Some(NodeSpecRoleEnum::MANAGER),
+                )
+            })
+        });
+        let Some((same, manager)) = known else {
+            return Response::error(
+                ErrorKind::PermissionDenied,
+                format!("node {node_id} is not part of this swarm"),
+            );
+        };
+        if !same
+            && let Err(e) = self
+                .store
+                .write(Command::UpdateNodeDescription {
+                    id: node_id,
+                    description,
+                })
+                .await
+        {
+            return Response::error(ErrorKind::Unavailable, e.to_string());
+        }
+        Response::Heartbeat {
+            manager,
+            managers: self.store.read(managers_of),
+        }
+    }
+
+    async fn join(&self, peer: Peer, req: JoinRequest) -> Response {
         let Ok(token) = JoinToken::parse(&req.token) else {
             return Response::error(ErrorKind::InvalidArgument, "invalid join token");
         };
@@ -743,63 +934,86 @@ impl ManagerHandler {
             JoinToken::parse(t)
                 .is_ok_and(|t| t.same_secret(&token) && t.ca_digest() == token.ca_digest())
         };
-        if matches(&cluster.manager_token) {
-            warn!(peer = %peer.addr, "refused a manager join: this version runs one manager");
-            return Response::error(
-                ErrorKind::Unavailable,
-                "joining as a manager needs replicated managers (Raft), which this swarmnet version does not have yet; join with the worker token",
-            );
-        }
-        if !matches(&cluster.worker_token) {
+        let manager = if matches(&cluster.manager_token) {
+            true
+        } else if matches(&cluster.worker_token) {
+            false
+        } else {
             warn!(peer = %peer.addr, "refused a join with an invalid token");
             return Response::error(ErrorKind::InvalidArgument, VALID_TOKEN_NEEDED);
-        }
+        };
         let node_id = token::random_id();
         let cert_pem = match cluster
             .root_ca
-            .sign_node(&req.csr_der, &node_id, &cluster.id, false)
+            .sign_node(&req.csr_der, &node_id, &cluster.id, manager)
         {
             Ok(c) => c,
             Err(e) => return Response::error(ErrorKind::InvalidArgument, e.to_string()),
         };
+        let manager_addr = manager.then(|| format!("{}:{}", req.description.addr, req.listen_port));
         let node = NodeRecord {
             id: node_id.clone(),
             created_at: String::new(),
             updated_at: String::new(),
             version: 0,
             spec: NodeSpec {
-                role: Some(NodeSpecRoleEnum::WORKER),
+                role: Some(if manager {
+                    NodeSpecRoleEnum::MANAGER
+                } else {
+                    NodeSpecRoleEnum::WORKER
+                }),
                 availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
                 ..Default::default()
             },
             description: req.description,
             state: NodeState::Ready,
             message: String::new(),
-            manager_addr: None,
-            leader: false,
+            manager_addr,
         };
-        if let Err(e) = self.store.apply(Command::AddNode {
-            node: Box::new(node),
-        }) {
-            return Response::error(ErrorKind::Internal, e.to_string());
+        if let Err(e) = self
+            .store
+            .write(Command::AddNode {
+                node: Box::new(node),
+            })
+            .await
+        {
+            return Response::error(ErrorKind::Unavailable, e.to_string());
         }
-        info!(node = %node_id, peer = %peer.addr, "node joined");
+        info!(node = %node_id, peer = %peer.addr, manager, "node joined");
+        let _ = self.listen_port;
         Response::Joined(Box::new(JoinResponse {
             node_id,
             cluster_id: cluster.id,
-            manager: false,
+            manager,
             cert_pem,
             ca_cert_pem: cluster.root_ca.cert_pem,
             gossip_key: cluster.gossip_key,
-            managers: self.local.managers.clone(),
+            managers: self.store.read(managers_of),
             data_path_port: cluster.data_path_port,
         }))
     }
 }
 
+/// The managers of the swarm, as peers reach them.
+fn managers_of(s: &crate::store::State) -> Vec<ManagerPeer> {
+    s.nodes
+        .values()
+        .filter_map(|n| {
+            let addr = n.manager_addr.clone()?;
+            let ip: IpAddr = n.description.addr.parse().ok()?;
+            Some(ManagerPeer {
+                node_id: n.id.clone(),
+                addr,
+                gossip: SocketAddr::new(ip, n.description.gossip_port),
+            })
+        })
+        .collect()
+}
+
 /// Keeps every node's status in the store equal to what gossip says:
 /// Ready while its member is alive, Down once SWIM declares it dead (or,
-/// for a node gossip never saw, after a grace period).
+/// for a node gossip never saw, after a grace period). Only the leader
+/// writes; the others keep their clocks ready to take over.
 async fn reconcile_node_states(
     store: Arc<Store>,
     gossip: Gossip,
@@ -807,12 +1021,7 @@ async fn reconcile_node_states(
     self_description: NodeDescription,
     cancel: CancellationToken,
 ) {
-    if let Err(error) = store.apply(Command::UpdateNodeDescription {
-        id: self_id.clone(),
-        description: self_description,
-    }) {
-        warn!(%error, "update own description");
-    }
+    let mut described = false;
     let mut first_seen: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
@@ -820,13 +1029,33 @@ async fn reconcile_node_states(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let members = gossip.members();
+        let now = Instant::now();
         let nodes: Vec<(String, NodeState)> =
             store.read(|s| s.nodes.values().map(|n| (n.id.clone(), n.state)).collect());
-        let now = Instant::now();
         first_seen.retain(|id, _| nodes.iter().any(|(n, _)| n == id));
+        for (id, _) in &nodes {
+            first_seen.entry(id.clone()).or_insert(now);
+        }
+        if !described && nodes.iter().any(|(id, _)| *id == self_id) {
+            let same = store.read(|s| {
+                s.node(&self_id)
+                    .is_some_and(|n| n.description == self_description)
+            });
+            described = same
+                || store
+                    .write(Command::UpdateNodeDescription {
+                        id: self_id.clone(),
+                        description: self_description.clone(),
+                    })
+                    .await
+                    .is_ok();
+        }
+        if !store.is_leader() {
+            continue;
+        }
+        let members = gossip.members();
         for (id, state) in nodes {
-            let seen = *first_seen.entry(id.clone()).or_insert(now);
+            let seen = first_seen.get(&id).copied().unwrap_or(now);
             let (want, message) = if id == self_id {
                 (NodeState::Ready, "")
             } else {
@@ -841,11 +1070,14 @@ async fn reconcile_node_states(
             };
             if state != want {
                 info!(node = %id, from = ?state, to = ?want, "node status");
-                if let Err(error) = store.apply(Command::SetNodeState {
-                    id,
-                    state: want,
-                    message: message.into(),
-                }) {
+                if let Err(error) = store
+                    .write(Command::SetNodeState {
+                        id,
+                        state: want,
+                        message: message.into(),
+                    })
+                    .await
+                {
                     warn!(%error, "set node status");
                 }
             }
@@ -853,31 +1085,42 @@ async fn reconcile_node_states(
     }
 }
 
-/// A worker tells a manager its current description (address, hostname)
-/// over mutual TLS, retrying until one accepts.
-async fn report_description(
-    local: LocalNode,
+/// A worker reports itself to a manager every few seconds, over mutual
+/// TLS, trying each manager it knows; the answer keeps its list of
+/// managers current, so it moves on when its manager dies.
+async fn heartbeat(
+    agent: Arc<Agent>,
+    mut local: LocalNode,
     description: NodeDescription,
     cancel: CancellationToken,
 ) {
-    let req = mgmt::Request::Report { description };
-    let mut delay = Duration::from_millis(200);
+    let req = mgmt::Request::Heartbeat { description };
     loop {
-        for m in &local.managers {
-            match mgmt::call_authenticated(&m.addr, &local.identity, &req).await {
-                Ok(_) => return,
-                Err(MgmtError::Remote { message, .. }) => {
-                    warn!(manager = %m.addr, %message, "manager refused our report");
-                    return;
+        for m in local.managers.clone() {
+            match mgmt::call_authenticated(&m.addr, &local.identity, &req, Duration::from_secs(5))
+                .await
+            {
+                Ok(Response::Heartbeat { managers, .. }) => {
+                    if !managers.is_empty() && managers != local.managers {
+                        info!(managers = managers.len(), "managers changed");
+                        local.managers = managers;
+                        if let Err(error) = local.save(&agent.cfg.data_dir) {
+                            warn!(%error, "save node state");
+                        }
+                    }
+                    break;
                 }
-                Err(error) => tracing::debug!(manager = %m.addr, %error, "report"),
+                Ok(_) => {}
+                Err(MgmtError::Remote { message, .. }) => {
+                    warn!(manager = %m.addr, %message, "manager refused our heartbeat");
+                }
+                Err(error) => tracing::debug!(manager = %m.addr, %error, "heartbeat"),
             }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

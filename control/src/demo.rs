@@ -24,6 +24,9 @@ pub enum DemoCmd {
         /// How many nodes (the first is the manager).
         #[arg(long, default_value_t = 3)]
         nodes: u8,
+        /// How many of them are managers (Raft voters).
+        #[arg(long, default_value_t = 1)]
+        managers: u8,
         /// Where sockets, data and logs go.
         #[arg(long, default_value = "/run/swarmnet-demo")]
         dir: PathBuf,
@@ -49,7 +52,12 @@ pub fn run(cmd: DemoCmd) -> Result<()> {
         bail!("the demo creates network namespaces: run it as root");
     }
     match cmd {
-        DemoCmd::Up { nodes, dir, detach } => up(nodes, &dir, detach),
+        DemoCmd::Up {
+            nodes,
+            managers,
+            dir,
+            detach,
+        } => up(nodes, managers, &dir, detach),
         DemoCmd::Down { dir } => down(&dir),
     }
 }
@@ -82,9 +90,12 @@ fn node_ip(i: u8) -> String {
     format!("198.18.0.{}", 10 + u16::from(i))
 }
 
-fn up(nodes: u8, dir: &Path, detach: bool) -> Result<()> {
+fn up(nodes: u8, managers: u8, dir: &Path, detach: bool) -> Result<()> {
     if !(1..=50).contains(&nodes) {
         bail!("--nodes must be between 1 and 50");
+    }
+    if !(1..=nodes).contains(&managers) {
+        bail!("--managers must be between 1 and --nodes");
     }
     if state_path(dir).exists() {
         bail!(
@@ -94,7 +105,7 @@ fn up(nodes: u8, dir: &Path, detach: bool) -> Result<()> {
     }
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let mut st = DemoState::default();
-    let result = build(nodes, dir, &mut st);
+    let result = build(nodes, managers, dir, &mut st);
     if let Err(e) = result {
         let _ = teardown(&st);
         let _ = fs::remove_file(state_path(dir));
@@ -131,7 +142,7 @@ fn up(nodes: u8, dir: &Path, detach: bool) -> Result<()> {
     down(dir)
 }
 
-fn build(nodes: u8, dir: &Path, st: &mut DemoState) -> Result<()> {
+fn build(nodes: u8, managers: u8, dir: &Path, st: &mut DemoState) -> Result<()> {
     let exe = std::env::current_exe().context("own executable")?;
     let hub = format!("{PREFIX}-hub");
     sh(&["ip", "netns", "add", &hub])?;
@@ -196,9 +207,15 @@ fn build(nodes: u8, dir: &Path, st: &mut DemoState) -> Result<()> {
         "{}",
         docker(1, &["swarm", "init", "--advertise-addr", &manager])?
     );
-    let token = docker(1, &["swarm", "join-token", "-q", "worker"])?;
+    let worker_token = docker(1, &["swarm", "join-token", "-q", "worker"])?;
+    let manager_token = docker(1, &["swarm", "join-token", "-q", "manager"])?;
     let remote = format!("{manager}:2377");
     for i in 2..=nodes {
+        let token = if i <= managers {
+            &manager_token
+        } else {
+            &worker_token
+        };
         print!(
             "{}",
             docker(i, &["swarm", "join", "--token", token.trim(), &remote])?

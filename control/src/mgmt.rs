@@ -1,7 +1,8 @@
-//! The management port (2377/tcp): TLS, one length-prefixed JSON request
-//! and one response per connection. A join is the only request allowed
-//! without a client certificate; everything else is mutual TLS under the
-//! cluster CA, and the caller is who its certificate says.
+//! The management port (2377/tcp): TLS, length-prefixed JSON requests, each
+//! answered in turn on the same connection (Raft keeps its connections
+//! open; one-shot callers close after one). A join is the only request
+//! allowed without a client certificate; everything else is mutual TLS
+//! under the cluster CA, and the caller is who its certificate says.
 
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,18 +16,33 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{pki, store::NodeDescription};
+use crate::{
+    pki,
+    store::{Applied, NodeDescription, Proposal, RaftReply, RaftRpc},
+};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request for this long is closed by the server.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Serialize, Deserialize)]
 pub enum Request {
     Join(JoinRequest),
-    /// A node reports its description (after a restart, for example).
-    Report {
+    /// A node's periodic report of itself; the answer tells it its role
+    /// and the current managers.
+    Heartbeat {
         description: NodeDescription,
+    },
+    /// Raft traffic among managers.
+    Raft(Box<RaftRpc>),
+    /// A write a manager forwards to the leader.
+    Write(Proposal),
+    /// A manager that joined asks the leader to make it a Raft voter.
+    AddManager {
+        node_id: String,
+        addr: String,
     },
 }
 
@@ -35,6 +51,8 @@ pub struct JoinRequest {
     pub token: String,
     pub csr_der: Vec<u8>,
     pub description: NodeDescription,
+    /// The joiner's management port, should it join as a manager.
+    pub listen_port: u16,
 }
 
 impl fmt::Debug for JoinRequest {
@@ -78,7 +96,16 @@ pub enum ErrorKind {
 pub enum Response {
     Joined(Box<JoinResponse>),
     Ok,
-    Error { kind: ErrorKind, message: String },
+    Heartbeat {
+        manager: bool,
+        managers: Vec<ManagerPeer>,
+    },
+    Raft(Box<RaftReply>),
+    Applied(Applied),
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Response {
@@ -141,39 +168,80 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::
     w.flush().await
 }
 
-/// Sends one request to a manager and returns its response.
-async fn call(addr: &str, tls: ClientConfig, req: &Request) -> Result<Response, MgmtError> {
-    let body = serde_json::to_vec(req).map_err(|e| MgmtError::Frame(e.to_string()))?;
-    let run = async {
-        let tcp = TcpStream::connect(addr)
+/// A connection to a manager's management port, opened on first use and
+/// kept for the next request; dropped (and reopened later) after any error.
+pub struct Conn {
+    addr: String,
+    tls: Arc<ClientConfig>,
+    stream: Option<tokio_rustls::client::TlsStream<TcpStream>>,
+}
+
+impl Conn {
+    pub fn new(addr: String, tls: Arc<ClientConfig>) -> Self {
+        Self {
+            addr,
+            tls,
+            stream: None,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MgmtError> {
+        let addr = self.addr.clone();
+        let tcp = TcpStream::connect(&addr)
             .await
             .map_err(|source| MgmtError::Connect {
-                addr: addr.to_owned(),
+                addr: addr.clone(),
                 source,
             })?;
-        let mut tls = TlsConnector::from(Arc::new(tls))
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(self.tls.clone())
             .connect(pki::manager_server_name(), tcp)
             .await
-            .map_err(|source| MgmtError::Handshake {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        let io = |source| MgmtError::Io {
-            addr: addr.to_owned(),
-            source,
-        };
-        write_frame(&mut tls, &body).await.map_err(io)?;
-        let reply = read_frame(&mut tls).await.map_err(io)?;
-        let _ = tls.shutdown().await;
-        serde_json::from_slice::<Response>(&reply).map_err(|e| MgmtError::Frame(e.to_string()))
-    };
-    let resp = tokio::time::timeout(IO_TIMEOUT, run)
-        .await
-        .map_err(|_| MgmtError::Timeout(addr.to_owned()))??;
-    match resp {
-        Response::Error { kind, message } => Err(MgmtError::Remote { kind, message }),
-        ok => Ok(ok),
+            .map_err(|source| MgmtError::Handshake { addr, source })
     }
+
+    /// Sends `req` and waits up to `timeout` for the response. Remote
+    /// errors come back as [`MgmtError::Remote`].
+    pub async fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response, MgmtError> {
+        let body = serde_json::to_vec(req).map_err(|e| MgmtError::Frame(e.to_string()))?;
+        let addr = self.addr.clone();
+        let run = async {
+            let mut stream = match self.stream.take() {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
+            let io = |source| MgmtError::Io {
+                addr: addr.clone(),
+                source,
+            };
+            write_frame(&mut stream, &body).await.map_err(io)?;
+            let reply = read_frame(&mut stream).await.map_err(io)?;
+            self.stream = Some(stream);
+            serde_json::from_slice::<Response>(&reply).map_err(|e| MgmtError::Frame(e.to_string()))
+        };
+        let resp = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.stream = None;
+                Err(MgmtError::Timeout(addr))
+            }
+        }?;
+        match resp {
+            Response::Error { kind, message } => Err(MgmtError::Remote { kind, message }),
+            ok => Ok(ok),
+        }
+    }
+}
+
+/// Sends one request to a manager and returns its response.
+async fn call(addr: &str, tls: ClientConfig, req: &Request) -> Result<Response, MgmtError> {
+    Conn::new(addr.to_owned(), Arc::new(tls))
+        .call(req, IO_TIMEOUT)
+        .await
 }
 
 /// Joins through the manager at `addr`, trusting only the CA the token pins.
@@ -194,8 +262,11 @@ pub async fn call_authenticated(
     addr: &str,
     identity: &pki::NodeIdentity,
     req: &Request,
+    timeout: Duration,
 ) -> Result<Response, MgmtError> {
-    call(addr, identity.client_config()?, req).await
+    Conn::new(addr.to_owned(), Arc::new(identity.client_config()?))
+        .call(req, timeout)
+        .await
 }
 
 /// Who is calling: the node ID and role from a verified client certificate.
@@ -236,28 +307,52 @@ pub async fn serve<H: Handler>(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
-            let run = async {
-                let mut tls = acceptor.accept(tcp).await?;
-                let node = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(pki::peer_identity);
-                let frame = read_frame(&mut tls).await?;
+            let mut tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(error)) => {
+                    debug!(peer = %addr, %error, "management TLS handshake");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let node = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(pki::peer_identity);
+            loop {
+                let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut tls)).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(error)) => {
+                        if error.kind() != std::io::ErrorKind::UnexpectedEof {
+                            debug!(peer = %addr, %error, "management connection");
+                        }
+                        return;
+                    }
+                    Err(_) => return,
+                };
                 let resp = match serde_json::from_slice::<Request>(&frame) {
-                    Ok(req) => handler.handle(Peer { addr, node }, req).await,
+                    Ok(req) => {
+                        let peer = Peer {
+                            addr,
+                            node: node.clone(),
+                        };
+                        handler.clone().handle(peer, req).await
+                    }
                     Err(e) => Response::error(ErrorKind::InvalidArgument, e.to_string()),
                 };
-                let body = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
-                write_frame(&mut tls, &body).await?;
-                let _ = tls.shutdown().await;
-                Ok::<_, std::io::Error>(())
-            };
-            match tokio::time::timeout(IO_TIMEOUT, run).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => debug!(peer = %addr, %error, "management connection"),
-                Err(_) => debug!(peer = %addr, "management connection timed out"),
+                let body = match serde_json::to_vec(&resp) {
+                    Ok(b) => b,
+                    Err(error) => {
+                        warn!(%error, "encode management response");
+                        return;
+                    }
+                };
+                if let Err(error) = write_frame(&mut tls, &body).await {
+                    debug!(peer = %addr, %error, "management write");
+                    return;
+                }
             }
         });
     }

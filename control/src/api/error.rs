@@ -59,6 +59,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Command(c) => c.into(),
+            StoreError::NoLeader => ApiError::Unavailable(crate::store::NO_LEADER.into()),
             other => ApiError::internal("store", &other),
         }
     }

@@ -17,12 +17,14 @@ use bollard_stubs::models::{
 use super::{ApiError, filters::Filters, json, json_body, query_bool, require_manager};
 use crate::{
     agent::Agent,
-    store::{Command, NodeRecord, NodeState, State as StoreState},
+    store::{Command, NodeRecord, NodeState, State as StoreState, raft_id},
 };
 
 const NODE_FILTERS: &[&str] = &["id", "label", "membership", "name", "node.label", "role"];
 
-pub fn to_docker(n: &NodeRecord, trust_root: Option<&str>) -> Node {
+/// The Docker view of a node; `leader` is the Raft leader this manager
+/// knows of.
+pub fn to_docker(n: &NodeRecord, trust_root: Option<&str>, leader: Option<u64>) -> Node {
     let d = &n.description;
     Node {
         id: Some(n.id.clone()),
@@ -64,7 +66,7 @@ pub fn to_docker(n: &NodeRecord, trust_root: Option<&str>) -> Node {
             addr: Some(d.addr.clone()),
         }),
         manager_status: n.manager_addr.as_ref().map(|addr| ManagerStatus {
-            leader: Some(n.leader),
+            leader: Some(leader == Some(raft_id(&n.id))),
             reachability: Some(if n.state == NodeState::Down {
                 Reachability::UNREACHABLE
             } else {
@@ -143,12 +145,13 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let filters = Filters::parse(q.get("filters").map(String::as_str), NODE_FILTERS)?;
     let store = require_manager(&agent).await?;
+    let leader = store.leader();
     let nodes: Vec<Node> = store.read(|s| {
         let root = s.cluster.as_ref().map(|c| c.root_ca.cert_pem.as_str());
         s.nodes
             .values()
             .filter(|n| matches(n, &filters))
-            .map(|n| to_docker(n, root))
+            .map(|n| to_docker(n, root, leader))
             .collect()
     });
     Ok(json(StatusCode::OK, &nodes))
@@ -159,9 +162,10 @@ pub async fn inspect(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
+    let leader = store.leader();
     let node = store.read(|s| {
         let root = s.cluster.as_ref().map(|c| c.root_ca.cert_pem.as_str());
-        lookup(s, &id).map(|n| to_docker(n, root))
+        lookup(s, &id).map(|n| to_docker(n, root, leader))
     })?;
     Ok(json(StatusCode::OK, &node))
 }
@@ -179,11 +183,13 @@ pub async fn update(
     let spec: NodeSpec = json_body(&body)?;
     let store = require_manager(&agent).await?;
     let node_id = store.read(|s| lookup(s, &id).map(|n| n.id.clone()))?;
-    store.apply(Command::UpdateNodeSpec {
-        id: node_id,
-        version,
-        spec,
-    })?;
+    store
+        .write(Command::UpdateNodeSpec {
+            id: node_id,
+            version,
+            spec,
+        })
+        .await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 
@@ -194,9 +200,11 @@ pub async fn remove(
 ) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
     let node_id = store.read(|s| lookup(s, &id).map(|n| n.id.clone()))?;
-    store.apply(Command::RemoveNode {
-        id: node_id,
-        force: query_bool(q.get("force")),
-    })?;
+    store
+        .write(Command::RemoveNode {
+            id: node_id,
+            force: query_bool(q.get("force")),
+        })
+        .await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }

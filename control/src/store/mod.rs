@@ -1,26 +1,55 @@
-//! The manager's store: the [`State`] in memory, persisted in redb. The
-//! only way to change it is [`Store::apply`], which runs the pure state
-//! machine on a copy, writes the objects it touched in one transaction,
-//! and only then makes the copy current, so a failed write changes nothing.
+//! The managers' store: the desired state, replicated by Raft (openraft)
+//! among the managers and persisted in redb (log and state machine in one
+//! database file per manager).
+//!
+//! Reads are served by any manager from its applied state. Writes go
+//! through [`Store::write`], which proposes on the leader, or forwards to
+//! it over the management port, so callers need not know who leads.
 
+mod log;
+mod network;
+mod sm;
 pub mod state;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::Path,
-    sync::{Mutex, MutexGuard, RwLock},
+    sync::Arc,
+    time::Duration,
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, error::ClientWriteError};
+use redb::Database;
+use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
 
+pub use network::{RaftReply, RaftRpc};
 pub use state::{
-    ClusterRecord, Command, CommandError, NodeDescription, NodeRecord, NodeState, State, Touched,
+    Applied, ClusterRecord, Command, CommandError, NodeDescription, NodeRecord, NodeState,
+    Proposal, State,
 };
 
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const CLUSTER_KEY: &str = "cluster";
-const NODE_PREFIX: &str = "node/";
-const INDEX_KEY: &str = "index";
+use crate::mgmt::{self, ErrorKind, MgmtError};
+
+openraft::declare_raft_types!(
+    /// Raft types of the managers' store.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// How long a write may wait for a leader to commit it before it fails
+/// with Docker's "no leader" error.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Docker's wording when a write cannot reach a quorum.
+pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,182 +59,370 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
-    #[error("store I/O")]
-    Db(#[from] redb::Error),
-    #[error("decode stored object {key}")]
-    Decode {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("encode object")]
-    Encode(#[source] serde_json::Error),
+    #[error("load store")]
+    Load(#[source] Box<openraft::StorageError<u64>>),
+    #[error("start raft")]
+    Start(#[source] Box<openraft::error::Fatal<u64>>),
+    #[error("raft configuration")]
+    Config(#[from] openraft::ConfigError),
+    #[error("{NO_LEADER}")]
+    NoLeader,
+    #[error("raft: {0}")]
+    Raft(String),
     #[error(transparent)]
     Command(#[from] CommandError),
 }
 
-fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
+/// The Raft node ID of a swarm node ID (Raft wants a `u64`).
+pub fn raft_id(node_id: &str) -> u64 {
+    let d = Sha256::digest(node_id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
 }
 
 pub struct Store {
-    db: Database,
-    state: RwLock<State>,
-    /// Serialises writers; held across the redb transaction. Lock order:
-    /// `writer` before `state`.
-    writer: Mutex<()>,
+    raft: Raft<TypeConfig>,
+    shared: Arc<sm::Shared>,
+    me: u64,
+    tls: Arc<ClientConfig>,
+    /// The connection writes are forwarded on, to the leader it names.
+    forward: Mutex<Option<(u64, mgmt::Conn)>>,
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store at `path` and starts this manager's
+    /// Raft node. A new store is empty until [`Store::initialize`] or a
+    /// leader replicates to it.
+    pub async fn open(
+        path: &Path,
+        node_id: &str,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             source: e.into(),
         })?;
-        let state = load(&db)?;
+        let db = Arc::new(db);
+        let log = log::LogStore::new(db.clone());
+        let sm = sm::StateMachine::open(db).map_err(|e| StoreError::Load(Box::new(e)))?;
+        let shared = sm.shared();
+        let config = Config {
+            cluster_name: "swarmnet".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        }
+        .validate()?;
+        let me = raft_id(node_id);
+        let raft = Raft::new(
+            me,
+            Arc::new(config),
+            network::Network::new(tls.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StoreError::Start(Box::new(e)))?;
         Ok(Self {
-            db,
-            state: RwLock::new(state),
-            writer: Mutex::new(()),
+            raft,
+            shared,
+            me,
+            tls,
+            forward: Mutex::new(None),
         })
     }
 
-    /// Reads the current state.
+    /// Makes this manager the only member of a new Raft group.
+    pub async fn initialize(&self, addr: String) -> Result<(), StoreError> {
+        let members = BTreeMap::from([(self.me, BasicNode::new(addr))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        // Wait until this node leads its group of one.
+        let mut m = self.raft.metrics();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while m.borrow().current_leader != Some(self.me) {
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Reads the applied state of this manager.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        let guard = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
         f(&guard)
     }
 
-    /// Applies a command: validated by the state machine, persisted, then
-    /// visible. Returns the store index after the command.
-    pub fn apply(&self, cmd: Command) -> Result<u64, StoreError> {
-        let _writer: MutexGuard<'_, ()> = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = self.read(State::clone);
-        let now = crate::util::now_rfc3339();
-        let touched = next.apply(cmd, &now)?;
-        if touched.is_empty() {
-            return Ok(next.index);
+    /// Waits until this manager has applied a state with a cluster in it
+    /// (a new manager catching up).
+    pub async fn wait_for_cluster(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.applied.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if self.read(|s| s.cluster.is_some()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.me)
+    }
+
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    fn leader_addr(&self, leader: u64) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Applies `cmd` cluster-wide: proposed on the leader (forwarded when
+    /// this manager is not it), returned once committed and applied there.
+    pub async fn write(&self, cmd: Command) -> Result<u64, StoreError> {
+        let proposal = Proposal {
+            at: crate::util::now_rfc3339(),
+            cmd,
+        };
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(StoreError::NoLeader);
+            }
+            let attempt = match self.leader() {
+                Some(l) if l == self.me => self.write_as_leader(proposal.clone(), remaining).await,
+                Some(l) => self.forward(l, &proposal, remaining).await,
+                None => Err(Retry::Later),
+            };
+            match attempt {
+                Ok(applied) => return applied.map_err(StoreError::Command),
+                Err(Retry::Fail(e)) => return Err(e),
+                Err(Retry::Later) => {
+                    tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
+                }
+            }
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut objects = txn.open_table(OBJECTS).map_err(db_err)?;
-            for t in &touched {
-                match t {
-                    Touched::Cluster => {
-                        let bytes =
-                            serde_json::to_vec(&next.cluster).map_err(StoreError::Encode)?;
-                        objects
-                            .insert(CLUSTER_KEY, bytes.as_slice())
-                            .map_err(db_err)?;
+    }
+
+    /// Proposes on this node, which must lead. Used for local writes and
+    /// for writes other managers forward.
+    pub async fn propose_local(&self, p: Proposal) -> Result<Applied, StoreError> {
+        match self.write_as_leader(p, WRITE_TIMEOUT).await {
+            Ok(a) => Ok(a),
+            Err(Retry::Later) => Err(StoreError::NoLeader),
+            Err(Retry::Fail(e)) => Err(e),
+        }
+    }
+
+    async fn write_as_leader(&self, p: Proposal, timeout: Duration) -> Result<Applied, Retry> {
+        match tokio::time::timeout(timeout, self.raft.client_write(p)).await {
+            Err(_) => Err(Retry::Fail(StoreError::NoLeader)),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => match e.api_error() {
+                Some(ClientWriteError::ForwardToLeader(_)) => Err(Retry::Later),
+                _ => Err(Retry::Fail(StoreError::Raft(e.to_string()))),
+            },
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        p: &Proposal,
+        timeout: Duration,
+    ) -> Result<Applied, Retry> {
+        let Some(addr) = self.leader_addr(leader) else {
+            return Err(Retry::Later);
+        };
+        let mut slot = self.forward.lock().await;
+        if slot.as_ref().is_none_or(|(id, _)| *id != leader) {
+            *slot = Some((leader, mgmt::Conn::new(addr, self.tls.clone())));
+        }
+        let Some((_, conn)) = slot.as_mut() else {
+            return Err(Retry::Later);
+        };
+        match conn.call(&mgmt::Request::Write(p.clone()), timeout).await {
+            Ok(mgmt::Response::Applied(a)) => Ok(a),
+            Ok(_) => Err(Retry::Fail(StoreError::Raft(
+                "unexpected reply to a write".into(),
+            ))),
+            Err(MgmtError::Remote {
+                kind: ErrorKind::Unavailable,
+                message,
+            }) if message == NO_LEADER => Err(Retry::Fail(StoreError::NoLeader)),
+            Err(error) => {
+                debug!(%error, leader, "forward write");
+                Err(Retry::Later)
+            }
+        }
+    }
+
+    /// Adds a manager to the Raft group: first a learner that catches up,
+    /// then a voter. On a follower this is forwarded to the leader.
+    pub async fn add_manager(&self, node_id: &str, addr: &str) -> Result<(), StoreError> {
+        let id = raft_id(node_id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::NoLeader);
+            }
+            match self.leader() {
+                Some(l) if l == self.me => {
+                    info!(node = %node_id, %addr, "adding manager to the raft group");
+                    self.raft
+                        .add_learner(id, BasicNode::new(addr), true)
+                        .await
+                        .map_err(|e| StoreError::Raft(e.to_string()))?;
+                    let voters: BTreeSet<u64> = self.voters();
+                    if !voters.contains(&id) {
+                        self.raft
+                            .change_membership(
+                                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                                false,
+                            )
+                            .await
+                            .map_err(|e| StoreError::Raft(e.to_string()))?;
                     }
-                    Touched::Node(id) => {
-                        let key = format!("{NODE_PREFIX}{id}");
-                        match next.nodes.get(id) {
-                            Some(node) => {
-                                let bytes = serde_json::to_vec(node).map_err(StoreError::Encode)?;
-                                objects
-                                    .insert(key.as_str(), bytes.as_slice())
-                                    .map_err(db_err)?;
-                            }
-                            None => {
-                                objects.remove(key.as_str()).map_err(db_err)?;
-                            }
+                    return Ok(());
+                }
+                Some(l) => {
+                    let Some(leader_addr) = self.leader_addr(l) else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let req = mgmt::Request::AddManager {
+                        node_id: node_id.to_owned(),
+                        addr: addr.to_owned(),
+                    };
+                    let mut conn = mgmt::Conn::new(leader_addr, self.tls.clone());
+                    match conn.call(&req, Duration::from_secs(30)).await {
+                        Ok(_) => return Ok(()),
+                        Err(MgmtError::Remote { message, .. }) => {
+                            return Err(StoreError::Raft(message));
+                        }
+                        Err(error) => {
+                            debug!(%error, "forward add-manager");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
                 }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            meta.insert(INDEX_KEY, next.index).map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)?;
-        let index = next.index;
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(index)
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
     }
 }
 
-fn load(db: &Database) -> Result<State, StoreError> {
-    let mut state = State::default();
-    let txn = db.begin_read().map_err(db_err)?;
-    let objects = match txn.open_table(OBJECTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
-        Err(e) => return Err(db_err(e)),
-    };
-    for entry in objects.iter().map_err(db_err)? {
-        let (k, v) = entry.map_err(db_err)?;
-        let key = k.value();
-        let decode = |source| StoreError::Decode {
-            key: key.to_owned(),
-            source,
-        };
-        if key == CLUSTER_KEY {
-            state.cluster = serde_json::from_slice(v.value()).map_err(decode)?;
-        } else if let Some(id) = key.strip_prefix(NODE_PREFIX) {
-            let node: NodeRecord = serde_json::from_slice(v.value()).map_err(decode)?;
-            state.nodes.insert(id.to_owned(), node);
-        }
-    }
-    if let Ok(meta) = txn.open_table(META)
-        && let Some(i) = meta.get(INDEX_KEY).map_err(db_err)?
-    {
-        state.index = i.value();
-    }
-    Ok(state)
+enum Retry {
+    /// No leader yet, or it moved: try again until the deadline.
+    Later,
+    Fail(StoreError),
 }
 
 #[cfg(test)]
 mod tests {
     use super::{state::tests as fx, *};
+    use crate::pki::RootCa;
 
-    #[test]
-    fn survives_reopen_and_refusals_change_nothing() {
+    fn tls() -> Arc<ClientConfig> {
+        let ca = RootCa::generate("c1").expect("ca");
+        let id = ca.issue_local("m1", "c1", true).expect("identity");
+        Arc::new(id.client_config().expect("client config"))
+    }
+
+    /// A single manager: writes commit through Raft, refusals change
+    /// nothing, and a reopened store resumes its state from disk.
+    #[tokio::test]
+    async fn single_manager_writes_and_resumes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("swarm.redb");
         {
-            let store = Store::open(&path).expect("open");
+            let store = Store::open(&path, "m1", tls()).await.expect("open");
+            store.initialize("192.0.2.1:2377".into()).await.expect("init");
+            assert!(store.is_leader());
             store
-                .apply(Command::InitCluster {
+                .write(Command::InitCluster {
                     cluster: Box::new(fx::cluster()),
                     node: Box::new(fx::node("m1", true)),
                 })
-                .expect("init");
+                .await
+                .expect("init cluster");
             store
-                .apply(Command::AddNode {
+                .write(Command::AddNode {
                     node: Box::new(fx::node("w1", false)),
                 })
+                .await
                 .expect("add");
-            let err = store.apply(Command::RemoveNode {
-                id: "w1".into(),
-                force: false,
-            });
+            let refused = store
+                .write(Command::RemoveNode {
+                    id: "w1".into(),
+                    force: false,
+                })
+                .await;
             assert!(matches!(
-                err,
+                refused,
                 Err(StoreError::Command(CommandError::NodeNotDown(_)))
             ));
-            store
-                .apply(Command::SetNodeState {
-                    id: "w1".into(),
-                    state: NodeState::Down,
-                    message: String::new(),
-                })
-                .expect("down");
+            store.read(|s| assert_eq!(s.nodes.len(), 2));
+            store.shutdown().await;
         }
-        let store = Store::open(&path).expect("reopen");
+        let store = Store::open(&path, "m1", tls()).await.expect("reopen");
         store.read(|s| {
-            assert_eq!(s.index, 3);
+            assert_eq!(s.index, 2);
             assert_eq!(s.nodes.len(), 2);
-            assert_eq!(s.nodes["w1"].state, NodeState::Down);
             assert_eq!(s.cluster.as_ref().map(|c| c.id.as_str()), Some("c1"));
         });
+        // It leads its group of one again and takes writes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !store.is_leader() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         store
-            .apply(Command::RemoveNode {
+            .write(Command::SetNodeState {
                 id: "w1".into(),
-                force: false,
+                state: NodeState::Down,
+                message: String::new(),
             })
-            .expect("remove");
-        drop(store);
-        let store = Store::open(&path).expect("reopen again");
-        store.read(|s| assert!(s.node("w1").is_none()));
+            .await
+            .expect("write after restart");
+        store.read(|s| assert_eq!(s.nodes["w1"].state, NodeState::Down));
+        store.shutdown().await;
     }
 }

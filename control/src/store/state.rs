@@ -53,7 +53,6 @@ pub struct NodeRecord {
     pub message: String,
     /// `ip:port` of the management listener, for managers.
     pub manager_addr: Option<String>,
-    pub leader: bool,
 }
 
 /// What a node tells about itself (Docker's `Description`).
@@ -106,6 +105,18 @@ pub enum Command {
     },
 }
 
+/// A command as the leader proposes it: stamped with the leader's clock, so
+/// that every replica applies the same timestamps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub at: String,
+    pub cmd: Command,
+}
+
+/// What applying a proposal gave: the store index after it, or why the
+/// state machine refused it (nothing changed then).
+pub type Applied = Result<u64, CommandError>;
+
 /// An object the last command changed: what the store must write (or
 /// delete, when it is gone from the state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +125,7 @@ pub enum Touched {
     Node(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
     #[error("this node is already part of a swarm")]
     AlreadyInitialized,
@@ -281,7 +292,6 @@ pub(crate) mod tests {
             state: NodeState::Ready,
             message: String::new(),
             manager_addr: manager.then(|| "192.0.2.1:2377".into()),
-            leader: manager,
         }
     }
 
