@@ -159,7 +159,7 @@ async fn join_raft_group(local: &LocalNode, me: &str) -> Result<(), ApiError> {
         addr: me.to_owned(),
     };
     let mut last = None;
-    for m in &local.managers {
+    for m in local.managers.iter().filter(|m| m.node_id != local.node_id) {
         match mgmt::call_authenticated(&m.addr, &local.identity, &req, Duration::from_secs(40))
             .await
         {
@@ -184,6 +184,8 @@ pub struct Agent {
     transition: Mutex<()>,
     active: RwLock<Option<Arc<Active>>>,
     engine_id: String,
+    /// Set while a role switch (promotion, demotion) is under way.
+    switching: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,7 @@ impl Agent {
             transition: Mutex::new(()),
             active: RwLock::new(None),
             engine_id,
+            switching: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(local) = local {
             info!(node = %local.node_id, manager = local.manager, "resuming swarm membership");
@@ -236,7 +239,7 @@ impl Agent {
     }
 
     /// This node's description, as it reports it to managers.
-    pub fn description(&self, addr: IpAddr, gossip_port: u16) -> NodeDescription {
+    pub fn description(&self, addr: IpAddr, gossip_port: u16, listen_port: u16) -> NodeDescription {
         NodeDescription {
             hostname: self.cfg.hostname.clone(),
             addr: addr.to_string(),
@@ -248,6 +251,7 @@ impl Agent {
                 .map(|n| n.get() as i64 * 1_000_000_000)
                 .unwrap_or(0),
             memory_bytes: crate::util::mem_total_bytes(),
+            listen_port,
         }
     }
 
@@ -322,7 +326,6 @@ impl Agent {
                 .map_err(|e| fail(ApiError::internal("management TLS", &e)))?;
             let handler = Arc::new(ManagerHandler {
                 store: store.clone(),
-                listen_port: local.listen_addr.port(),
             });
             info!(addr = %local.listen_addr, "management port listening");
             tokio::spawn(mgmt::serve(
@@ -331,29 +334,6 @@ impl Agent {
                 handler,
                 cancel.clone(),
             ));
-            let me = manager_addr(local);
-            match boot {
-                Boot::Resume => {}
-                Boot::Init(init) => {
-                    let (cluster, node) = *init;
-                    store.initialize(me).await.map_err(|e| fail(e.into()))?;
-                    store
-                        .write(Command::InitCluster {
-                            cluster: Box::new(cluster),
-                            node: Box::new(node),
-                        })
-                        .await
-                        .map_err(|e| fail(e.into()))?;
-                }
-                Boot::JoinManager => {
-                    join_raft_group(local, &me).await.map_err(fail)?;
-                    if !store.wait_for_cluster(Duration::from_secs(20)).await {
-                        return Err(fail(ApiError::Internal(
-                            "this manager did not receive the swarm state within 20 s".into(),
-                        )));
-                    }
-                }
-            }
         }
         let mut seeds: Vec<SocketAddr> = local.managers.iter().map(|m| m.gossip).collect();
         if let Some(store) = &store {
@@ -382,9 +362,39 @@ impl Agent {
         )
         .await
         .map_err(|e| fail(ApiError::internal("start gossip", &e)))?;
-        let description = self.description(local.advertise_addr, local.gossip_port);
+        if let Some(store) = &store {
+            let me = manager_addr(local);
+            match boot {
+                Boot::Resume => {}
+                Boot::Init(init) => {
+                    let (cluster, node) = *init;
+                    store.initialize(me).await.map_err(|e| fail(e.into()))?;
+                    store
+                        .write(Command::InitCluster {
+                            cluster: Box::new(cluster),
+                            node: Box::new(node),
+                        })
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                }
+                Boot::JoinManager => {
+                    join_raft_group(local, &me).await.map_err(fail)?;
+                    if !store.wait_for_cluster(Duration::from_secs(20)).await {
+                        return Err(fail(ApiError::Internal(
+                            "this manager did not receive the swarm state within 20 s".into(),
+                        )));
+                    }
+                }
+            }
+        }
+        let description = self.description(
+            local.advertise_addr,
+            local.gossip_port,
+            local.listen_addr.port(),
+        );
         if let Some(store) = &store {
             tokio::spawn(reconcile_node_states(
+                self.clone(),
                 store.clone(),
                 gossip.clone(),
                 local.node_id.clone(),
@@ -400,6 +410,122 @@ impl Agent {
             ));
         }
         Ok((store, gossip))
+    }
+
+    /// Starts a switch to the role the swarm now gives this node, unless
+    /// one is under way.
+    fn begin_switch(self: &Arc<Self>, to_manager: bool) {
+        use std::sync::atomic::Ordering;
+        if self.switching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            agent.switch_role(to_manager).await;
+            agent.switching.store(false, Ordering::Release);
+        });
+    }
+
+    /// Becomes a manager (after `node promote`) or a worker (after `node
+    /// demote`): a certificate for the new role from another manager, then
+    /// the parts of the new role. A promoted node joins the Raft group; a
+    /// demoted one drops its copy of the store.
+    async fn switch_role(self: &Arc<Self>, to_manager: bool) {
+        let _t = self.transition.lock().await;
+        let Some(active) = self.active().await else {
+            return;
+        };
+        if active.local.manager == to_manager {
+            return;
+        }
+        let (key_pem, csr_der) = match pki::new_csr() {
+            Ok(k) => k,
+            Err(error) => {
+                warn!(%error, "role switch: signing request");
+                return;
+            }
+        };
+        let mut managers = active.local.managers.clone();
+        if let Some(store) = &active.store {
+            managers = store.read(managers_of);
+        }
+        let req = mgmt::Request::Renew { csr_der };
+        let mut renewed = None;
+        for m in managers
+            .iter()
+            .filter(|m| m.node_id != active.local.node_id)
+        {
+            match mgmt::call_authenticated(
+                &m.addr,
+                &active.local.identity,
+                &req,
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(Response::Renewed {
+                    cert_pem,
+                    manager,
+                    managers,
+                }) if manager == to_manager => {
+                    renewed = Some((cert_pem, managers));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => warn!(manager = %m.addr, %error, "role switch: renew certificate"),
+            }
+        }
+        let Some((cert_pem, managers)) = renewed else {
+            warn!(
+                to_manager,
+                "role switch: no manager issued a certificate; will retry"
+            );
+            return;
+        };
+        if let Some(store) = &active.store {
+            // A demoted manager keeps its Raft node running until the group
+            // no longer counts it (a leader must commit its own removal).
+            let me = crate::store::raft_id(&active.local.node_id);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while store.voters().contains(&me) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Let the leader answer the request that removed it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        info!(node = %active.local.node_id, to_manager, "switching role");
+        let old = active.local.clone();
+        let mut local = old.clone();
+        local.manager = to_manager;
+        local.identity.cert_pem = cert_pem;
+        local.identity.key_pem = key_pem;
+        local.managers = managers;
+        active.stop().await;
+        *self.active.write().await = None;
+        let store_path = self.cfg.data_dir.join("swarm.redb");
+        let _ = std::fs::remove_file(&store_path);
+        let boot = if to_manager {
+            Boot::JoinManager
+        } else {
+            Boot::Resume
+        };
+        match self.activate(local.clone(), boot).await {
+            Ok(a) => {
+                if let Err(error) = local.save(&self.cfg.data_dir) {
+                    warn!(%error, "save node state");
+                }
+                *self.active.write().await = Some(a);
+            }
+            Err(error) => {
+                warn!(%error, "role switch failed; staying a worker");
+                let _ = std::fs::remove_file(&store_path);
+                let mut fallback = old;
+                fallback.manager = false;
+                if let Ok(a) = self.activate(fallback, Boot::Resume).await {
+                    *self.active.write().await = Some(a);
+                }
+            }
+        }
     }
 
     /// `POST /swarm/init`: a new swarm with this node as its manager.
@@ -465,7 +591,7 @@ impl Agent {
                 availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
                 ..Default::default()
             },
-            description: self.description(advertise_addr, self.cfg.gossip_port),
+            description: self.description(advertise_addr, self.cfg.gossip_port, listen_addr.port()),
             state: NodeState::Ready,
             message: String::new(),
             manager_addr: Some(manager_addr.clone()),
@@ -530,7 +656,8 @@ impl Agent {
             self.choose_advertise_addr(req.advertise_addr.as_deref(), Some(&remote))?;
         let (key_pem, csr_der) =
             pki::new_csr().map_err(|e| ApiError::internal("signing request", &e))?;
-        let description = self.description(advertise_addr, self.cfg.gossip_port);
+        let description =
+            self.description(advertise_addr, self.cfg.gossip_port, listen_addr.port());
         info!(manager = %remote, "joining swarm");
         let joined: JoinResponse = mgmt::join(
             &remote,
@@ -798,7 +925,7 @@ fn validate_pools(
 /// Docker's defaults for the parts of a swarm spec a client left out (the
 /// CLI sends zeros for what the user did not set, and swarmkit reads a zero
 /// as "the default").
-fn swarm_spec_with_defaults(mut spec: SwarmSpec) -> SwarmSpec {
+pub fn swarm_spec_with_defaults(mut spec: SwarmSpec) -> SwarmSpec {
     fn default<T: PartialEq + Default>(v: &mut Option<T>, d: T) {
         if v.as_ref().is_none_or(|x| *x == T::default()) {
             *v = Some(d);
@@ -836,7 +963,6 @@ fn swarm_spec_with_defaults(mut spec: SwarmSpec) -> SwarmSpec {
 /// The manager side of the management port.
 struct ManagerHandler {
     store: Arc<Store>,
-    listen_port: u16,
 }
 
 impl mgmt::Handler for ManagerHandler {
@@ -859,20 +985,32 @@ impl mgmt::Handler for ManagerHandler {
                 Ok(applied) => Response::Applied(applied),
                 Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
             },
-            mgmt::Request::AddManager { node_id, addr } => {
-                // Only the manager itself may ask to be added.
-                if caller != Some((node_id.clone(), true)) {
-                    return Response::error(
-                        ErrorKind::PermissionDenied,
-                        "a manager certificate for that node is required",
-                    );
-                }
+            // A new manager asks for itself, or a follower forwards its ask.
+            mgmt::Request::AddManager { node_id, addr } if manager_caller => {
                 match self.store.add_manager(&node_id, &addr).await {
                     Ok(()) => Response::Ok,
                     Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
                 }
             }
-            mgmt::Request::Raft(_) | mgmt::Request::Write(_) => Response::error(
+            mgmt::Request::RemoveManager { node_id } if manager_caller => {
+                match self.store.remove_manager(&node_id).await {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
+                }
+            }
+            mgmt::Request::Renew { csr_der } => {
+                let Some((node_id, _)) = caller else {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                };
+                self.renew(&node_id, &csr_der)
+            }
+            mgmt::Request::Raft(_)
+            | mgmt::Request::Write(_)
+            | mgmt::Request::AddManager { .. }
+            | mgmt::Request::RemoveManager { .. } => Response::error(
                 ErrorKind::PermissionDenied,
                 "a manager certificate is required",
             ),
@@ -881,6 +1019,32 @@ impl mgmt::Handler for ManagerHandler {
 }
 
 impl ManagerHandler {
+    /// A certificate for the role the swarm now gives `node_id`.
+    fn renew(&self, node_id: &str, csr_der: &[u8]) -> Response {
+        let found = self.store.read(|s| {
+            let cluster = s.cluster.clone()?;
+            let node = s.node(node_id)?;
+            Some((cluster, node.spec.role == Some(NodeSpecRoleEnum::MANAGER)))
+        });
+        let Some((cluster, manager)) = found else {
+            return Response::error(
+                ErrorKind::PermissionDenied,
+                format!("node {node_id} is not part of this swarm"),
+            );
+        };
+        match cluster
+            .root_ca
+            .sign_node(csr_der, node_id, &cluster.id, manager)
+        {
+            Ok(cert_pem) => Response::Renewed {
+                cert_pem,
+                manager,
+                managers: self.store.read(managers_of),
+            },
+            Err(e) => Response::error(ErrorKind::InvalidArgument, e.to_string()),
+        }
+    }
+
     async fn raft(&self, rpc: RaftRpc) -> Response {
         let raft = self.store.raft();
         let reply = match rpc {
@@ -980,7 +1144,6 @@ impl ManagerHandler {
             return Response::error(ErrorKind::Unavailable, e.to_string());
         }
         info!(node = %node_id, peer = %peer.addr, manager, "node joined");
-        let _ = self.listen_port;
         Response::Joined(Box::new(JoinResponse {
             node_id,
             cluster_id: cluster.id,
@@ -1015,6 +1178,7 @@ fn managers_of(s: &crate::store::State) -> Vec<ManagerPeer> {
 /// for a node gossip never saw, after a grace period). Only the leader
 /// writes; the others keep their clocks ready to take over.
 async fn reconcile_node_states(
+    agent: Arc<Agent>,
     store: Arc<Store>,
     gossip: Gossip,
     self_id: String,
@@ -1049,6 +1213,13 @@ async fn reconcile_node_states(
                     })
                     .await
                     .is_ok();
+        }
+        let demoted = store.read(|s| {
+            s.node(&self_id)
+                .is_some_and(|n| n.spec.role == Some(NodeSpecRoleEnum::WORKER))
+        });
+        if demoted {
+            agent.begin_switch(false);
         }
         if !store.is_leader() {
             continue;
@@ -1100,7 +1271,10 @@ async fn heartbeat(
             match mgmt::call_authenticated(&m.addr, &local.identity, &req, Duration::from_secs(5))
                 .await
             {
-                Ok(Response::Heartbeat { managers, .. }) => {
+                Ok(Response::Heartbeat { managers, manager }) => {
+                    if manager {
+                        agent.begin_switch(true);
+                    }
                     if !managers.is_empty() && managers != local.managers {
                         info!(managers = managers.len(), "managers changed");
                         local.managers = managers;

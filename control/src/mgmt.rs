@@ -44,6 +44,15 @@ pub enum Request {
         node_id: String,
         addr: String,
     },
+    /// A manager asks the leader to drop a demoted manager from Raft.
+    RemoveManager {
+        node_id: String,
+    },
+    /// A node asks for a certificate for its current role (after a
+    /// promotion or a demotion), from a CSR for a key it made.
+    Renew {
+        csr_der: Vec<u8>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,6 +111,11 @@ pub enum Response {
     },
     Raft(Box<RaftReply>),
     Applied(Applied),
+    Renewed {
+        cert_pem: String,
+        manager: bool,
+        managers: Vec<ManagerPeer>,
+    },
     Error {
         kind: ErrorKind,
         message: String,

@@ -39,6 +39,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/swarm/init", post(swarm::init))
         .route("/swarm/join", post(swarm::join))
         .route("/swarm/leave", post(swarm::leave))
+        .route("/swarm/update", post(swarm::update))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))

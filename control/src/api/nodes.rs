@@ -182,14 +182,21 @@ pub async fn update(
         .map_err(|_| ApiError::BadRequest(format!("invalid node version '{raw}'")))?;
     let spec: NodeSpec = json_body(&body)?;
     let store = require_manager(&agent).await?;
-    let node_id = store.read(|s| lookup(s, &id).map(|n| n.id.clone()))?;
+    let (node_id, was_manager) = store.read(|s| {
+        lookup(s, &id).map(|n| (n.id.clone(), n.spec.role == Some(NodeSpecRoleEnum::MANAGER)))
+    })?;
+    let demote = was_manager && spec.role == Some(NodeSpecRoleEnum::WORKER);
     store
         .write(Command::UpdateNodeSpec {
-            id: node_id,
+            id: node_id.clone(),
             version,
             spec,
         })
         .await?;
+    if demote {
+        // The node saw its new role while still a voter; now it leaves Raft.
+        store.remove_manager(&node_id).await?;
+    }
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }
 

@@ -9,11 +9,11 @@ use axum::{
     response::Response,
 };
 use bollard_stubs::models::{
-    JoinTokens, ObjectVersion, Swarm, SwarmInitRequest, SwarmJoinRequest, TlsInfo,
+    JoinTokens, ObjectVersion, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec, TlsInfo,
 };
 
 use super::{ApiError, json, json_body, query_bool, require_manager};
-use crate::agent::Agent;
+use crate::{agent::Agent, store::Command, token::JoinToken};
 
 pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
@@ -61,5 +61,42 @@ pub async fn leave(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     agent.leave(query_bool(q.get("force"))).await?;
+    Ok(json(StatusCode::OK, &serde_json::Value::Null))
+}
+
+/// `POST /swarm/update?version=N[&rotateWorkerToken=true][&rotateManagerToken=true]`:
+/// a new spec and, when asked, new join tokens. Nodes that joined with an
+/// old token are unaffected; the old token is refused from then on.
+pub async fn update(
+    State(agent): State<Arc<Agent>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let raw = q.get("version").map(String::as_str).unwrap_or_default();
+    let version: u64 = raw
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid swarm version '{raw}'")))?;
+    let spec: SwarmSpec = json_body(&body)?;
+    if query_bool(q.get("rotateManagerUnlockKey")) {
+        return Err(ApiError::BadRequest(
+            "autolock is not supported by this swarmnet version: there is no unlock key to rotate"
+                .into(),
+        ));
+    }
+    let store = require_manager(&agent).await?;
+    let ca_der = store
+        .read(|s| s.cluster.as_ref().map(|c| c.root_ca.cert_der()))
+        .ok_or_else(|| ApiError::Unavailable(super::error::NOT_IN_SWARM.into()))?
+        .map_err(|e| ApiError::internal("CA certificate", &e))?;
+    let rotate =
+        |key: &str| query_bool(q.get(key)).then(|| JoinToken::generate(ca_der.as_ref()).expose());
+    store
+        .write(Command::UpdateCluster {
+            version,
+            spec: crate::agent::swarm_spec_with_defaults(spec),
+            worker_token: rotate("rotateWorkerToken"),
+            manager_token: rotate("rotateManagerToken"),
+        })
+        .await?;
     Ok(json(StatusCode::OK, &serde_json::Value::Null))
 }

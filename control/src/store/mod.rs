@@ -294,28 +294,55 @@ impl Store {
     /// Adds a manager to the Raft group: first a learner that catches up,
     /// then a voter. On a follower this is forwarded to the leader.
     pub async fn add_manager(&self, node_id: &str, addr: &str) -> Result<(), StoreError> {
+        self.change_managers(node_id, Some(addr)).await
+    }
+
+    /// Removes a (demoted) manager from the Raft group.
+    pub async fn remove_manager(&self, node_id: &str) -> Result<(), StoreError> {
+        self.change_managers(node_id, None).await
+    }
+
+    async fn change_managers(&self, node_id: &str, add: Option<&str>) -> Result<(), StoreError> {
         let id = raft_id(node_id);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let raft_err = |e: openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>| {
+            StoreError::Raft(e.to_string())
+        };
         loop {
             if tokio::time::Instant::now() > deadline {
                 return Err(StoreError::NoLeader);
             }
             match self.leader() {
                 Some(l) if l == self.me => {
-                    info!(node = %node_id, %addr, "adding manager to the raft group");
-                    self.raft
-                        .add_learner(id, BasicNode::new(addr), true)
-                        .await
-                        .map_err(|e| StoreError::Raft(e.to_string()))?;
-                    let voters: BTreeSet<u64> = self.voters();
-                    if !voters.contains(&id) {
-                        self.raft
-                            .change_membership(
-                                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-                                false,
-                            )
-                            .await
-                            .map_err(|e| StoreError::Raft(e.to_string()))?;
+                    match add {
+                        Some(addr) => {
+                            info!(node = %node_id, %addr, "adding manager to the raft group");
+                            self.raft
+                                .add_learner(id, BasicNode::new(addr), true)
+                                .await
+                                .map_err(raft_err)?;
+                            if !self.voters().contains(&id) {
+                                self.raft
+                                    .change_membership(
+                                        ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                                        false,
+                                    )
+                                    .await
+                                    .map_err(raft_err)?;
+                            }
+                        }
+                        None => {
+                            info!(node = %node_id, "removing manager from the raft group");
+                            if self.voters().contains(&id) {
+                                self.raft
+                                    .change_membership(
+                                        ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                                        false,
+                                    )
+                                    .await
+                                    .map_err(raft_err)?;
+                            }
+                        }
                     }
                     return Ok(());
                 }
@@ -324,9 +351,14 @@ impl Store {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
-                    let req = mgmt::Request::AddManager {
-                        node_id: node_id.to_owned(),
-                        addr: addr.to_owned(),
+                    let req = match add {
+                        Some(addr) => mgmt::Request::AddManager {
+                            node_id: node_id.to_owned(),
+                            addr: addr.to_owned(),
+                        },
+                        None => mgmt::Request::RemoveManager {
+                            node_id: node_id.to_owned(),
+                        },
                     };
                     let mut conn = mgmt::Conn::new(leader_addr, self.tls.clone());
                     match conn.call(&req, Duration::from_secs(30)).await {
@@ -335,7 +367,7 @@ impl Store {
                             return Err(StoreError::Raft(message));
                         }
                         Err(error) => {
-                            debug!(%error, "forward add-manager");
+                            debug!(%error, "forward membership change");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
@@ -375,7 +407,10 @@ mod tests {
         let path = dir.path().join("swarm.redb");
         {
             let store = Store::open(&path, "m1", tls()).await.expect("open");
-            store.initialize("192.0.2.1:2377".into()).await.expect("init");
+            store
+                .initialize("192.0.2.1:2377".into())
+                .await
+                .expect("init");
             assert!(store.is_leader());
             store
                 .write(Command::InitCluster {

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::RootCa;
 
+const DEFAULT_MANAGER_PORT: u16 = 2377;
+
 /// What a node's status is, as the managers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +69,9 @@ pub struct NodeDescription {
     pub engine_version: String,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
+    /// The port its management listener would use as a manager.
+    #[serde(default)]
+    pub listen_port: u16,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -93,6 +98,14 @@ pub enum Command {
     UpdateNodeDescription {
         id: String,
         description: NodeDescription,
+    },
+    /// `swarm update`: a new spec, and new join tokens when rotated (made
+    /// by the proposer, so that every replica applies the same ones).
+    UpdateCluster {
+        version: u64,
+        spec: SwarmSpec,
+        worker_token: Option<String>,
+        manager_token: Option<String>,
     },
     SetNodeState {
         id: String,
@@ -153,6 +166,13 @@ impl State {
         self.nodes.get(id)
     }
 
+    /// Nodes whose role is manager.
+    pub fn managers(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes
+            .values()
+            .filter(|n| n.spec.role == Some(NodeSpecRoleEnum::MANAGER))
+    }
+
     /// Applies `cmd` at time `now` (RFC 3339). On error nothing changed.
     pub fn apply(&mut self, cmd: Command, now: &str) -> Result<Vec<Touched>, CommandError> {
         let index = self.index + 1;
@@ -184,6 +204,7 @@ impl State {
                 vec![Touched::Node(id)]
             }
             Command::UpdateNodeSpec { id, version, spec } => {
+                let managers = self.managers().count();
                 let node = self.node_mut(&id)?;
                 if node.version != version {
                     return Err(CommandError::OutOfSequence);
@@ -195,14 +216,27 @@ impl State {
                 if spec.availability == Some(NodeSpecAvailabilityEnum::EMPTY) {
                     spec.availability = None;
                 }
-                if spec.role.is_some() && spec.role != node.spec.role {
-                    return Err(CommandError::InvalidArgument(
-                        "changing a node's role (promote/demote) is not supported yet".into(),
-                    ));
+                let was_manager = node.spec.role == Some(NodeSpecRoleEnum::MANAGER);
+                let role = spec.role.or(node.spec.role);
+                match (was_manager, role) {
+                    (true, Some(NodeSpecRoleEnum::WORKER)) => {
+                        if managers <= 1 {
+                            return Err(CommandError::InvalidArgument(
+                                "attempting to demote the last manager of the swarm".into(),
+                            ));
+                        }
+                        node.manager_addr = None;
+                    }
+                    (false, Some(NodeSpecRoleEnum::MANAGER)) => {
+                        let port = match node.description.listen_port {
+                            0 => DEFAULT_MANAGER_PORT,
+                            p => p,
+                        };
+                        node.manager_addr = Some(format!("{}:{port}", node.description.addr));
+                    }
+                    _ => {}
                 }
-                if spec.role.is_none() {
-                    spec.role = node.spec.role;
-                }
+                spec.role = role;
                 if spec.availability.is_none() {
                     spec.availability = Some(NodeSpecAvailabilityEnum::ACTIVE);
                 }
@@ -210,6 +244,27 @@ impl State {
                 node.version = index;
                 node.updated_at = now.to_owned();
                 vec![Touched::Node(id)]
+            }
+            Command::UpdateCluster {
+                version,
+                spec,
+                worker_token,
+                manager_token,
+            } => {
+                let cluster = self.cluster.as_mut().ok_or(CommandError::NotInitialized)?;
+                if cluster.version != version {
+                    return Err(CommandError::OutOfSequence);
+                }
+                cluster.spec = spec;
+                if let Some(t) = worker_token {
+                    cluster.worker_token = t;
+                }
+                if let Some(t) = manager_token {
+                    cluster.manager_token = t;
+                }
+                cluster.version = index;
+                cluster.updated_at = now.to_owned();
+                vec![Touched::Cluster]
             }
             Command::UpdateNodeDescription { id, description } => {
                 let node = self.node_mut(&id)?;
@@ -371,19 +426,91 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn role_changes_are_refused_for_now() {
+    fn promote_and_demote() {
         let mut s = initialised();
+        s.apply(
+            Command::AddNode {
+                node: Box::new(node("w1", false)),
+            },
+            "t",
+        )
+        .expect("add");
         let mut spec = s.nodes["m1"].spec.clone();
         spec.role = Some(NodeSpecRoleEnum::WORKER);
-        let r = s.apply(
+        let last = s.apply(
+            Command::UpdateNodeSpec {
+                id: "m1".into(),
+                version: 1,
+                spec: spec.clone(),
+            },
+            "t",
+        );
+        assert!(
+            matches!(last, Err(CommandError::InvalidArgument(m)) if m.contains("last manager"))
+        );
+        let mut promote = s.nodes["w1"].spec.clone();
+        promote.role = Some(NodeSpecRoleEnum::MANAGER);
+        let v = s.nodes["w1"].version;
+        s.apply(
+            Command::UpdateNodeSpec {
+                id: "w1".into(),
+                version: v,
+                spec: promote,
+            },
+            "t",
+        )
+        .expect("promote");
+        assert_eq!(
+            s.nodes["w1"].manager_addr.as_deref(),
+            Some("192.0.2.1:2377")
+        );
+        assert_eq!(s.managers().count(), 2);
+        s.apply(
             Command::UpdateNodeSpec {
                 id: "m1".into(),
                 version: 1,
                 spec,
             },
             "t",
+        )
+        .expect("demote, now that another manager exists");
+        assert_eq!(s.nodes["m1"].manager_addr, None);
+        assert_eq!(s.managers().count(), 1);
+    }
+
+    #[test]
+    fn cluster_update_rotates_tokens() {
+        let mut s = initialised();
+        let spec = s
+            .cluster
+            .as_ref()
+            .map(|c| c.spec.clone())
+            .unwrap_or_default();
+        s.apply(
+            Command::UpdateCluster {
+                version: 1,
+                spec: spec.clone(),
+                worker_token: Some("w2".into()),
+                manager_token: None,
+            },
+            "t",
+        )
+        .expect("rotate");
+        let c = s.cluster.clone().expect("cluster");
+        assert_eq!(
+            (c.worker_token.as_str(), c.manager_token.as_str()),
+            ("w2", "m")
         );
-        assert!(matches!(r, Err(CommandError::InvalidArgument(_))));
+        let stale = s.apply(
+            Command::UpdateCluster {
+                version: 1,
+                spec,
+                worker_token: Some("w3".into()),
+                manager_token: None,
+            },
+            "t",
+        );
+        assert_eq!(stale, Err(CommandError::OutOfSequence));
     }
 
     #[test]
