@@ -981,7 +981,7 @@ impl mgmt::Handler for ManagerHandler {
                 self.heartbeat(node_id, description).await
             }
             mgmt::Request::Raft(rpc) if manager_caller => self.raft(*rpc).await,
-            mgmt::Request::Write(p) if manager_caller => match self.store.propose_local(p).await {
+            mgmt::Request::Write(p) if manager_caller => match self.store.propose_local(*p).await {
                 Ok(applied) => Response::Applied(applied),
                 Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
             },

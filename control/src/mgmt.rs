@@ -38,7 +38,7 @@ pub enum Request {
     /// Raft traffic among managers.
     Raft(Box<RaftRpc>),
     /// A write a manager forwards to the leader.
-    Write(Proposal),
+    Write(Box<Proposal>),
     /// A manager that joined asks the leader to make it a Raft voter.
     AddManager {
         node_id: String,

@@ -93,7 +93,7 @@ pub async fn update(
     store
         .write(Command::UpdateCluster {
             version,
-            spec: crate::agent::swarm_spec_with_defaults(spec),
+            spec: Box::new(crate::agent::swarm_spec_with_defaults(spec)),
             worker_token: rotate("rotateWorkerToken"),
             manager_token: rotate("rotateManagerToken"),
         })

@@ -275,7 +275,10 @@ impl Store {
         let Some((_, conn)) = slot.as_mut() else {
             return Err(Retry::Later);
         };
-        match conn.call(&mgmt::Request::Write(p.clone()), timeout).await {
+        match conn
+            .call(&mgmt::Request::Write(Box::new(p.clone())), timeout)
+            .await
+        {
             Ok(mgmt::Response::Applied(a)) => Ok(a),
             Ok(_) => Err(Retry::Fail(StoreError::Raft(
                 "unexpected reply to a write".into(),

@@ -103,7 +103,7 @@ pub enum Command {
     /// by the proposer, so that every replica applies the same ones).
     UpdateCluster {
         version: u64,
-        spec: SwarmSpec,
+        spec: Box<SwarmSpec>,
         worker_token: Option<String>,
         manager_token: Option<String>,
     },
@@ -255,7 +255,7 @@ impl State {
                 if cluster.version != version {
                     return Err(CommandError::OutOfSequence);
                 }
-                cluster.spec = spec;
+                cluster.spec = *spec;
                 if let Some(t) = worker_token {
                     cluster.worker_token = t;
                 }
@@ -489,7 +489,7 @@ pub(crate) mod tests {
         s.apply(
             Command::UpdateCluster {
                 version: 1,
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 worker_token: Some("w2".into()),
                 manager_token: None,
             },
@@ -504,7 +504,7 @@ pub(crate) mod tests {
         let stale = s.apply(
             Command::UpdateCluster {
                 version: 1,
-                spec,
+                spec: Box::new(spec),
                 worker_token: Some("w3".into()),
                 manager_token: None,
             },
