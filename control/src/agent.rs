@@ -144,6 +144,9 @@ enum Boot {
     Init(Box<(ClusterRecord, NodeRecord)>),
     /// A manager that just joined: empty until the leader replicates.
     JoinManager,
+    /// A store seeded with the state of a swarm that lost its quorum,
+    /// started as a new Raft group of one.
+    ForceNew,
 }
 
 /// `ip:port` of a manager's management listener, as peers dial it.
@@ -366,6 +369,7 @@ impl Agent {
             let me = manager_addr(local);
             match boot {
                 Boot::Resume => {}
+                Boot::ForceNew => store.initialize(me).await.map_err(|e| fail(e.into()))?,
                 Boot::Init(init) => {
                     let (cluster, node) = *init;
                     store.initialize(me).await.map_err(|e| fail(e.into()))?;
@@ -531,14 +535,11 @@ impl Agent {
     /// `POST /swarm/init`: a new swarm with this node as its manager.
     pub async fn init(self: &Arc<Self>, req: SwarmInitRequest) -> Result<String, ApiError> {
         let _t = self.transition.lock().await;
+        if req.force_new_cluster == Some(true) {
+            return self.force_new_cluster().await;
+        }
         if self.active.read().await.is_some() {
             return Err(ApiError::Unavailable(ALREADY_IN_SWARM.into()));
-        }
-        if req.force_new_cluster == Some(true) {
-            return Err(ApiError::BadRequest(
-                "--force-new-cluster needs an existing swarm state on this node, and there is none"
-                    .into(),
-            ));
         }
         let listen_addr = parse_listen_addr(req.listen_addr.as_deref(), self.cfg.listen_addr)?;
         let advertise_addr = self.choose_advertise_addr(req.advertise_addr.as_deref(), None)?;
@@ -633,6 +634,60 @@ impl Agent {
         info!(node = %node_id, "swarm initialized");
         *self.active.write().await = Some(active);
         Ok(node_id)
+    }
+
+    /// `swarm init --force-new-cluster`: a manager that lost its quorum for
+    /// good starts a new Raft group of one over the state it has, keeping
+    /// the swarm's identity, nodes and tokens. (Called with `transition`
+    /// held.)
+    async fn force_new_cluster(self: &Arc<Self>) -> Result<String, ApiError> {
+        let active = self.active.read().await.clone();
+        let Some(active) = active.filter(|a| a.store.is_some()) else {
+            return Err(ApiError::BadRequest(
+                "--force-new-cluster needs this node to be a manager of an existing swarm".into(),
+            ));
+        };
+        let Some(store) = &active.store else {
+            return Err(ApiError::Internal("manager without a store".into()));
+        };
+        let state = store.read(Clone::clone);
+        if state.cluster.is_none() {
+            return Err(ApiError::BadRequest(
+                "--force-new-cluster needs the swarm state, and this manager has none".into(),
+            ));
+        }
+        warn!(node = %active.local.node_id, "forcing a new cluster from this manager's state");
+        active.stop().await;
+        *self.active.write().await = None;
+        let path = self.cfg.data_dir.join("swarm.redb");
+        let old = self.cfg.data_dir.join(format!(
+            "swarm.redb.before-force-new-cluster-{}",
+            crate::util::unix_nanos()
+        ));
+        std::fs::rename(&path, &old).map_err(|e| ApiError::internal("keep the old store", &e))?;
+        let local = active.local.clone();
+        let seeded =
+            Store::seed(&path, &state).map_err(|e| ApiError::internal("seed the new store", &e));
+        let result = match seeded {
+            Ok(()) => self.activate(local.clone(), Boot::ForceNew).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(a) => {
+                *self.active.write().await = Some(a);
+                info!(old_store = %old.display(), "new cluster formed; the old store was kept");
+                Ok(local.node_id)
+            }
+            Err(e) => {
+                // Put the old store back; the node stays as it was.
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::rename(&old, &path);
+                if let Ok(a) = self.activate(local, Boot::Resume).await {
+                    *self.active.write().await = Some(a);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// `POST /swarm/join`: joins the swarm of the manager at `RemoteAddrs`.

@@ -134,6 +134,17 @@ impl Store {
         })
     }
 
+    /// Creates a new store at `path` holding `state` (which must not exist
+    /// yet); [`Store::open`] and [`Store::initialize`] then start a new Raft
+    /// group of one over it.
+    pub fn seed(path: &Path, state: &State) -> Result<(), StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        sm::StateMachine::seed(Arc::new(db), state).map_err(|e| StoreError::Load(Box::new(e)))
+    }
+
     /// Makes this manager the only member of a new Raft group.
     pub async fn initialize(&self, addr: String) -> Result<(), StoreError> {
         let members = BTreeMap::from([(self.me, BasicNode::new(addr))]);

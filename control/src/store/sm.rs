@@ -132,6 +132,17 @@ impl StateMachine {
         })
     }
 
+    /// Writes `state` as the whole applied state of a new store (for
+    /// `swarm init --force-new-cluster`): a fresh Raft log starts over it.
+    pub fn seed(db: Arc<Database>, state: &State) -> Result<()> {
+        let sm = Self::open(db)?;
+        let meta = AppliedMeta {
+            index: state.index,
+            ..Default::default()
+        };
+        sm.persist(state, &[], &meta, true)
+    }
+
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
