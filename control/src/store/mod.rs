@@ -57,14 +57,14 @@ pub enum StoreError {
     Open {
         path: String,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     #[error("load store")]
     Load(#[source] Box<openraft::StorageError<u64>>),
     #[error("start raft")]
     Start(#[source] Box<openraft::error::Fatal<u64>>),
     #[error("raft configuration")]
-    Config(#[from] openraft::ConfigError),
+    Config(#[source] Box<openraft::ConfigError>),
     #[error("{NO_LEADER}")]
     NoLeader,
     #[error("raft: {0}")]
@@ -101,7 +101,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         let db = Arc::new(db);
         let log = log::LogStore::new(db.clone());
@@ -114,7 +114,8 @@ impl Store {
             election_timeout_max: 800,
             ..Default::default()
         }
-        .validate()?;
+        .validate()
+        .map_err(|e| StoreError::Config(Box::new(e)))?;
         let me = raft_id(node_id);
         let raft = Raft::new(
             me,
@@ -140,7 +141,7 @@ impl Store {
     pub fn seed(path: &Path, state: &State) -> Result<(), StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         sm::StateMachine::seed(Arc::new(db), state).map_err(|e| StoreError::Load(Box::new(e)))
     }
