@@ -489,13 +489,18 @@ impl Agent {
         if let Some(store) = &active.store {
             // A demoted manager keeps its Raft node running until the group
             // no longer counts it (a leader must commit its own removal).
-            let me = crate::store::raft_id(&active.local.node_id);
             let deadline = Instant::now() + Duration::from_secs(15);
-            while store.voters().contains(&me) && Instant::now() < deadline {
+            while !store.removed() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // Let the leader answer the request that removed it.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if store.is_leader() {
+                // Let it commit its own removal and answer the request.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while store.is_leader() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         info!(node = %active.local.node_id, to_manager, "switching role");
         let old = active.local.clone();

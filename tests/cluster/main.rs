@@ -7,6 +7,7 @@ mod cli;
 mod ebpf;
 mod gossip;
 mod liveness;
+mod managers;
 mod node_update;
 mod sdk;
 mod tokens;

@@ -17,7 +17,7 @@ use bollard_stubs::models::{
 use super::{ApiError, filters::Filters, json, json_body, query_bool, require_manager};
 use crate::{
     agent::Agent,
-    store::{Command, NodeRecord, NodeState, State as StoreState, raft_id},
+    store::{Command, NodeRecord, NodeState, State as StoreState, Store, raft_id},
 };
 
 const NODE_FILTERS: &[&str] = &["id", "label", "membership", "name", "node.label", "role"];
@@ -139,6 +139,34 @@ fn matches(n: &NodeRecord, f: &Filters) -> bool {
         && f.any("label", |v| label_matches(None, v))
 }
 
+/// Node status as this manager can tell it: the store's, written by the
+/// leader; without a leader (no quorum) nothing updates the store, so the
+/// status comes from this node's own gossip view instead.
+async fn live_view(agent: &Agent, store: &Store) -> Option<(String, HashMap<String, bool>)> {
+    if store.leader().is_some() {
+        return None;
+    }
+    let active = agent.active().await?;
+    let members = active.gossip.members();
+    Some((
+        active.local.node_id.clone(),
+        members.into_iter().map(|(id, m)| (id, m.up)).collect(),
+    ))
+}
+
+fn with_live_state(n: &NodeRecord, live: Option<&(String, HashMap<String, bool>)>) -> NodeRecord {
+    let mut n = n.clone();
+    if let Some((me, members)) = live {
+        let up = *me == n.id || members.get(&n.id).copied().unwrap_or(false);
+        n.state = if up {
+            NodeState::Ready
+        } else {
+            NodeState::Down
+        };
+    }
+    n
+}
+
 pub async fn list(
     State(agent): State<Arc<Agent>>,
     Query(q): Query<HashMap<String, String>>,
@@ -146,12 +174,13 @@ pub async fn list(
     let filters = Filters::parse(q.get("filters").map(String::as_str), NODE_FILTERS)?;
     let store = require_manager(&agent).await?;
     let leader = store.leader();
+    let live = live_view(&agent, &store).await;
     let nodes: Vec<Node> = store.read(|s| {
         let root = s.cluster.as_ref().map(|c| c.root_ca.cert_pem.as_str());
         s.nodes
             .values()
             .filter(|n| matches(n, &filters))
-            .map(|n| to_docker(n, root, leader))
+            .map(|n| to_docker(&with_live_state(n, live.as_ref()), root, leader))
             .collect()
     });
     Ok(json(StatusCode::OK, &nodes))
@@ -163,9 +192,10 @@ pub async fn inspect(
 ) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
     let leader = store.leader();
+    let live = live_view(&agent, &store).await;
     let node = store.read(|s| {
         let root = s.cluster.as_ref().map(|c| c.root_ca.cert_pem.as_str());
-        lookup(s, &id).map(|n| to_docker(n, root, leader))
+        lookup(s, &id).map(|n| to_docker(&with_live_state(n, live.as_ref()), root, leader))
     })?;
     Ok(json(StatusCode::OK, &node))
 }

@@ -48,6 +48,8 @@ openraft::declare_raft_types!(
 /// How long a write may wait for a leader to commit it before it fails
 /// with Docker's "no leader" error.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A leader that has not heard from a quorum for this long is no leader.
+const QUORUM_LOST_AFTER_MS: u64 = 1500;
 /// Docker's wording when a write cannot reach a quorum.
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 
@@ -194,12 +196,43 @@ impl Store {
         .is_ok()
     }
 
+    /// The leader this manager follows, or itself while a quorum still
+    /// acknowledges it. A leader cut off from its quorum stops calling
+    /// itself leader after [`QUORUM_LOST_AFTER_MS`], as swarmkit's does.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l)
+                if l == self.me
+                    && m.millis_since_quorum_ack
+                        .is_none_or(|ms| ms > QUORUM_LOST_AFTER_MS) =>
+            {
+                None
+            }
+            other => other,
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, timeout: Duration) {
+        let mut rx = self.shared.applied.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|i| *i >= index)).await;
     }
 
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.me)
+    }
+
+    /// Whether the newest membership this manager knows leaves it out (it
+    /// was demoted): then its vote is no longer needed to commit anything.
+    pub fn removed(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_joint_config()
+            .last()
+            .is_some_and(|newest| !newest.contains(&self.me))
     }
 
     pub fn voters(&self) -> BTreeSet<u64> {
@@ -237,7 +270,15 @@ impl Store {
             }
             let attempt = match self.leader() {
                 Some(l) if l == self.me => self.write_as_leader(proposal.clone(), remaining).await,
-                Some(l) => self.forward(l, &proposal, remaining).await,
+                Some(l) => {
+                    let r = self.forward(l, &proposal, remaining).await;
+                    if let Ok(Ok(index)) = &r {
+                        // Read your writes: this manager serves the next
+                        // read, so wait until it has applied this one.
+                        self.wait_applied(*index, Duration::from_secs(2)).await;
+                    }
+                    r
+                }
                 None => Err(Retry::Later),
             };
             match attempt {
@@ -427,6 +468,12 @@ mod tests {
                 .await
                 .expect("init");
             assert!(store.is_leader());
+            // A lone manager stays leader while idle.
+            tokio::time::sleep(Duration::from_millis(2 * QUORUM_LOST_AFTER_MS)).await;
+            assert!(
+                store.is_leader(),
+                "an idle manager of one lost its leadership"
+            );
             store
                 .write(Command::InitCluster {
                     cluster: Box::new(fx::cluster()),
