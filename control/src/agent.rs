@@ -268,12 +268,15 @@ impl Agent {
     ) -> Result<Arc<Active>, ApiError> {
         let cancel = CancellationToken::new();
         match self.start_parts(&local, boot, &cancel).await {
-            Ok((store, gossip)) => Ok(Arc::new(Active {
-                local,
-                store,
-                gossip,
-                cancel,
-            })),
+            Ok((store, gossip)) => {
+                *self.metrics.raft.lock().unwrap_or_else(|e| e.into_inner()) = store.clone();
+                Ok(Arc::new(Active {
+                    local,
+                    store,
+                    gossip,
+                    cancel,
+                }))
+            }
             Err((e, store)) => {
                 cancel.cancel();
                 if let Some(store) = store {
@@ -797,6 +800,7 @@ impl Agent {
         }
         active.gossip.leave().await;
         active.stop().await;
+        *self.metrics.raft.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.active.write().await = None;
         for f in ["node.json", "swarm.redb"] {
             match std::fs::remove_file(self.cfg.data_dir.join(f)) {

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
-    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 use swarmnet_dataplane::UnderlayCounters;
 
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub gossip_received: Counter,
@@ -21,6 +25,14 @@ pub struct Metrics {
     gossip_dropped: Family<Vec<(String, String)>, Counter>,
     api_requests: Family<Vec<(String, String)>, Counter>,
     pub underlay: Arc<Mutex<Option<UnderlayCounters>>>,
+    /// The store of this node while it is a manager.
+    pub raft: Arc<Mutex<Option<Arc<crate::store::Store>>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
@@ -66,6 +78,10 @@ impl Metrics {
         registry.register_collector(Box::new(UnderlayCollector {
             counters: underlay.clone(),
         }));
+        let raft = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(RaftCollector {
+            store: raft.clone(),
+        }));
         Arc::new(Self {
             registry,
             gossip_received,
@@ -74,6 +90,7 @@ impl Metrics {
             gossip_dropped,
             api_requests,
             underlay,
+            raft,
         })
     }
 
@@ -140,6 +157,62 @@ impl Collector for UnderlayCollector {
                 let metric = ConstCounter::new(value);
                 metric.encode(family.encode_family(&labels)?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// This manager's Raft state, read at scrape time.
+struct RaftCollector {
+    store: Arc<Mutex<Option<Arc<crate::store::Store>>>>,
+}
+
+impl std::fmt::Debug for RaftCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for RaftCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(store) = store else {
+            return Ok(());
+        };
+        let m = store.raft_metrics();
+        let leader = store.is_leader();
+        let gauges: [(&str, &str, i64); 6] = [
+            ("raft_term", "Current Raft term", m.current_term as i64),
+            (
+                "raft_last_log_index",
+                "Index of the last entry in this manager's Raft log",
+                m.last_log_index.map_or(-1, |i| i as i64),
+            ),
+            (
+                "raft_last_applied_index",
+                "Index of the last Raft entry applied to the state",
+                m.last_applied.map_or(-1, |l| l.index as i64),
+            ),
+            (
+                "raft_snapshot_index",
+                "Last Raft index covered by this manager's snapshot",
+                m.snapshot.map_or(-1, |l| l.index as i64),
+            ),
+            (
+                "raft_purged_index",
+                "Last Raft index purged from this manager's log",
+                m.purged.map_or(-1, |l| l.index as i64),
+            ),
+            (
+                "raft_leader",
+                "1 while this manager leads",
+                i64::from(leader),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(metric)?;
         }
         Ok(())
     }

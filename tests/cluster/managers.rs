@@ -1384,3 +1384,76 @@ fn token_rotation() {
     }
     assert_eq!(c.node(4).swarm_state(), "active");
 }
+
+/// A manager that was down while the others compacted their Raft logs
+/// catches up from a snapshot. The swarm spec's `Raft.SnapshotInterval` and
+/// `Raft.LogEntriesForSlowFollowers` (Docker's settings) are made small;
+/// they take effect when a manager's store opens, so every manager is
+/// restarted first.
+#[test]
+fn snapshot_catch_up() {
+    const T: &str = "snapshot_catch_up";
+    const WRITES: usize = 60;
+    let (c, _) = three_managers(T, 0, 0);
+    let swarm = c.node(1).api("GET", "/swarm", None).json();
+    let version = swarm["Version"]["Index"].as_u64().expect("swarm version");
+    let mut spec = swarm["Spec"].clone();
+    spec["Raft"]["SnapshotInterval"] = 20.into();
+    spec["Raft"]["LogEntriesForSlowFollowers"] = 5.into();
+    let body = serde_json::to_vec(&spec).expect("spec JSON");
+    let resp = c.node(1).api(
+        "POST",
+        &format!("/swarm/update?version={version}"),
+        Some(&body),
+    );
+    assert_eq!(resp.status, 200, "swarm update: {}", resp.text());
+    for i in MANAGERS {
+        c.node(i).kill9();
+        c.node(i).restart();
+        wait_converged(&c, &MANAGERS, 3, 3);
+    }
+    let leader = converged(&c, &MANAGERS, 3, 3).unwrap_or_else(|e| panic!("{e}"));
+    let lagging = others(leader)[1];
+    let via = c.node(leader);
+    c.node(lagging).kill9();
+    let mut want = BTreeSet::new();
+    for n in 0..WRITES {
+        let key = format!("snap{n}");
+        add_label_acked(via, "node1", &key);
+        want.insert(key);
+    }
+    let purged = via
+        .metrics()
+        .get("swarmnet_raft_purged_index", &[])
+        .unwrap_or(-1.0);
+    assert!(
+        purged > 0.0,
+        "the leader never purged its log (purged index {purged}): no snapshot was taken"
+    );
+    let restarted = Instant::now();
+    c.node(lagging).restart();
+    let node = c.node(lagging);
+    retry(
+        &format!("node{lagging} to catch up with {WRITES} labels"),
+        || {
+            let have = labels(node, "node1")?;
+            if want.is_subset(&have) {
+                Ok(())
+            } else {
+                Err(diff(&have, &want))
+            }
+        },
+    );
+    let snapshot = node
+        .metrics()
+        .get("swarmnet_raft_snapshot_index", &[])
+        .unwrap_or(-1.0);
+    assert!(
+        snapshot > 0.0,
+        "node{lagging} caught up without installing a snapshot (snapshot index {snapshot})"
+    );
+    eprintln!(
+        "managers::{T}: leader node{leader} purged its log to {purged}; node{lagging} caught up from snapshot {snapshot} in {}",
+        secs(restarted.elapsed())
+    );
+}

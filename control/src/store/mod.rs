@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use openraft::{BasicNode, ChangeMembers, Config, Raft, error::ClientWriteError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, SnapshotPolicy, error::ClientWriteError};
 use redb::Database;
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
@@ -109,11 +109,27 @@ impl Store {
         let log = log::LogStore::new(db.clone());
         let sm = sm::StateMachine::open(db).map_err(|e| StoreError::Load(Box::new(e)))?;
         let shared = sm.shared();
+        // The swarm spec's Raft settings, as this manager last applied them
+        // (Docker's defaults for a new store): they take effect when a
+        // manager's store opens.
+        let (snapshot_interval, keep_logs) = {
+            let st = shared.state.read().unwrap_or_else(|e| e.into_inner());
+            let raft = st.cluster.as_ref().and_then(|c| c.spec.raft.as_ref());
+            (
+                raft.and_then(|r| r.snapshot_interval)
+                    .filter(|n| *n > 0)
+                    .unwrap_or(10_000),
+                raft.and_then(|r| r.log_entries_for_slow_followers)
+                    .unwrap_or(500),
+            )
+        };
         let config = Config {
             cluster_name: "swarmnet".into(),
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval),
+            max_in_snapshot_log_to_keep: keep_logs,
             ..Default::default()
         }
         .validate()
@@ -166,6 +182,11 @@ impl Store {
         })
         .await;
         Ok(())
+    }
+
+    /// openraft's metrics of this manager, for `/metrics`.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {
