@@ -120,6 +120,9 @@ impl LocalNode {
 /// The running parts of a node that is in a swarm.
 pub struct Active {
     pub local: LocalNode,
+    /// The swarm's managers as this node last heard of them (workers keep
+    /// it current through their heartbeats).
+    pub managers: Arc<std::sync::RwLock<Vec<ManagerPeer>>>,
     /// Present on managers.
     pub store: Option<Arc<Store>>,
     pub gossip: Gossip,
@@ -267,11 +270,13 @@ impl Agent {
         boot: Boot,
     ) -> Result<Arc<Active>, ApiError> {
         let cancel = CancellationToken::new();
-        match self.start_parts(&local, boot, &cancel).await {
+        let managers = Arc::new(std::sync::RwLock::new(local.managers.clone()));
+        match self.start_parts(&local, boot, &cancel, &managers).await {
             Ok((store, gossip)) => {
                 *self.metrics.raft.lock().unwrap_or_else(|e| e.into_inner()) = store.clone();
                 Ok(Arc::new(Active {
                     local,
+                    managers,
                     store,
                     gossip,
                     cancel,
@@ -293,6 +298,7 @@ impl Agent {
         local: &LocalNode,
         boot: Boot,
         cancel: &CancellationToken,
+        managers: &Arc<std::sync::RwLock<Vec<ManagerPeer>>>,
     ) -> Result<(Option<Arc<Store>>, Gossip), (ApiError, Option<Arc<Store>>)> {
         let key = local.gossip_key().ok_or_else(|| {
             (
@@ -412,6 +418,7 @@ impl Agent {
             tokio::spawn(heartbeat(
                 self.clone(),
                 local.clone(),
+                managers.clone(),
                 description,
                 cancel.clone(),
             ));
@@ -452,7 +459,11 @@ impl Agent {
                 return;
             }
         };
-        let mut managers = active.local.managers.clone();
+        let mut managers = active
+            .managers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some(store) = &active.store {
             managers = store.read(managers_of);
         }
@@ -1326,6 +1337,7 @@ async fn reconcile_node_states(
 async fn heartbeat(
     agent: Arc<Agent>,
     mut local: LocalNode,
+    shared: Arc<std::sync::RwLock<Vec<ManagerPeer>>>,
     description: NodeDescription,
     cancel: CancellationToken,
 ) {
@@ -1341,7 +1353,8 @@ async fn heartbeat(
                     }
                     if !managers.is_empty() && managers != local.managers {
                         info!(managers = managers.len(), "managers changed");
-                        local.managers = managers;
+                        local.managers = managers.clone();
+                        *shared.write().unwrap_or_else(|e| e.into_inner()) = managers;
                         if let Err(error) = local.save(&agent.cfg.data_dir) {
                             warn!(%error, "save node state");
                         }

@@ -1457,3 +1457,48 @@ fn snapshot_catch_up() {
         secs(restarted.elapsed())
     );
 }
+
+/// A worker keeps its list of managers current through whichever manager
+/// answers: with the manager it joined through dead, a manager promoted
+/// afterwards still shows up in the worker's `docker info`.
+#[test]
+fn worker_follows_managers() {
+    const T: &str = "worker_follows_managers";
+    let (c, _) = three_managers(T, 2, 0);
+    let worker = c.node(4);
+    c.node(1).kill9();
+    let killed = Instant::now();
+    c.node(2).docker_ok(&["node", "promote", "node5"]);
+    let want = format!("{}:2377", c.node(5).addr());
+    retry(
+        &format!("node4's docker info to list the promoted node5 ({want})"),
+        || {
+            let info = worker.swarm_info();
+            let addrs: BTreeSet<String> = info["RemoteManagers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p["Addr"].as_str().map(str::to_owned))
+                .collect();
+            if addrs.contains(&want) {
+                Ok(())
+            } else {
+                Err(format!("RemoteManagers: {}", info["RemoteManagers"]))
+            }
+        },
+    );
+    eprintln!(
+        "managers::{T}: node4 learned of the new manager {} after node1 died",
+        secs(killed.elapsed())
+    );
+    // The worker stays Ready for the managers that remain.
+    let rows = retry("node4 Ready on node2", || {
+        let rows = c.node(2).try_node_ls()?;
+        match row(&rows, "node4") {
+            Some(r) if r.status == "Ready" => Ok(rows),
+            other => Err(format!("node4: {other:?}")),
+        }
+    });
+    assert!(row(&rows, "node5").is_some_and(|r| !r.manager_status.is_empty()));
+}

@@ -103,8 +103,9 @@ pub async fn info(State(agent): State<Arc<Agent>>) -> Response {
                 control_available: Some(a.store.is_some()),
                 error: Some(String::new()),
                 remote_managers: Some(
-                    a.local
-                        .managers
+                    a.managers
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
                         .iter()
                         .map(|m| PeerNode {
                             node_id: Some(m.node_id.clone()),
