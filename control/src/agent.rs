@@ -594,9 +594,9 @@ impl Agent {
             version: 0,
             spec: swarm_spec_with_defaults(req.spec.unwrap_or_default()),
             root_ca,
-            worker_token: JoinToken::generate(&ca_der).expose(),
-            manager_token: JoinToken::generate(&ca_der).expose(),
-            gossip_key: hex::encode(gossip_key),
+            worker_token: JoinToken::generate(&ca_der).expose().into(),
+            manager_token: JoinToken::generate(&ca_der).expose().into(),
+            gossip_key: hex::encode(gossip_key).into(),
             default_addr_pool,
             subnet_size,
             data_path_port,
@@ -1173,9 +1173,9 @@ impl ManagerHandler {
             JoinToken::parse(t)
                 .is_ok_and(|t| t.same_secret(&token) && t.ca_digest() == token.ca_digest())
         };
-        let manager = if matches(&cluster.manager_token) {
+        let manager = if matches(cluster.manager_token.as_str()) {
             true
-        } else if matches(&cluster.worker_token) {
+        } else if matches(cluster.worker_token.as_str()) {
             false
         } else {
             warn!(peer = %peer.addr, "refused a join with an invalid token");
@@ -1225,7 +1225,7 @@ impl ManagerHandler {
             manager,
             cert_pem,
             ca_cert_pem: cluster.root_ca.cert_pem,
-            gossip_key: cluster.gossip_key,
+            gossip_key: cluster.gossip_key.as_str().to_owned(),
             managers: self.store.read(managers_of),
             data_path_port: cluster.data_path_port,
         }))

@@ -13,7 +13,11 @@ use bollard_stubs::models::{
 };
 
 use super::{ApiError, json, json_body, query_bool, require_manager};
-use crate::{agent::Agent, store::Command, token::JoinToken};
+use crate::{
+    agent::Agent,
+    store::{Command, state::Secret},
+    token::JoinToken,
+};
 
 pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
@@ -35,8 +39,8 @@ pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Response, ApiErr
             default_addr_pool: Some(c.default_addr_pool.clone()),
             subnet_size: Some(c.subnet_size),
             join_tokens: Some(JoinTokens {
-                worker: Some(c.worker_token.clone()),
-                manager: Some(c.manager_token.clone()),
+                worker: Some(c.worker_token.as_str().to_owned()),
+                manager: Some(c.manager_token.as_str().to_owned()),
             }),
         })
     });
@@ -88,8 +92,9 @@ pub async fn update(
         .read(|s| s.cluster.as_ref().map(|c| c.root_ca.cert_der()))
         .ok_or_else(|| ApiError::Unavailable(super::error::NOT_IN_SWARM.into()))?
         .map_err(|e| ApiError::internal("CA certificate", &e))?;
-    let rotate =
-        |key: &str| query_bool(q.get(key)).then(|| JoinToken::generate(ca_der.as_ref()).expose());
+    let rotate = |key: &str| {
+        query_bool(q.get(key)).then(|| Secret::from(JoinToken::generate(ca_der.as_ref()).expose()))
+    };
     store
         .write(Command::UpdateCluster {
             version,

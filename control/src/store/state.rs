@@ -15,6 +15,37 @@ use crate::pki::RootCa;
 
 const DEFAULT_MANAGER_PORT: u16 = 2377;
 
+/// A secret in the replicated state (join tokens, the gossip key): stored
+/// and replicated as is, never shown by `Debug`, so no log line carries it
+/// even when Raft entries are traced.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 /// What a node's status is, as the managers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,10 +65,10 @@ pub struct ClusterRecord {
     pub spec: SwarmSpec,
     pub root_ca: RootCa,
     /// Full join tokens; only managers ever see them.
-    pub worker_token: String,
-    pub manager_token: String,
+    pub worker_token: Secret,
+    pub manager_token: Secret,
     /// The key that seals gossip datagrams, hex.
-    pub gossip_key: String,
+    pub gossip_key: Secret,
     pub default_addr_pool: Vec<String>,
     pub subnet_size: u32,
     pub data_path_port: u32,
@@ -104,8 +135,8 @@ pub enum Command {
     UpdateCluster {
         version: u64,
         spec: Box<SwarmSpec>,
-        worker_token: Option<String>,
-        manager_token: Option<String>,
+        worker_token: Option<Secret>,
+        manager_token: Option<Secret>,
     },
     SetNodeState {
         id: String,
@@ -363,7 +394,7 @@ pub(crate) mod tests {
             },
             worker_token: "w".into(),
             manager_token: "m".into(),
-            gossip_key: String::new(),
+            gossip_key: "".into(),
             default_addr_pool: vec!["10.0.0.0/8".into()],
             subnet_size: 24,
             data_path_port: 4789,
