@@ -83,6 +83,9 @@ pub struct GossipConfig {
     pub seeds: Vec<SocketAddr>,
 }
 
+/// The cluster size foca starts configured for.
+const INITIAL_SIZE: u32 = 3;
+
 enum Input {
     Data(Vec<u8>),
     Timer(Timer<MemberId>),
@@ -97,7 +100,10 @@ pub struct Gossip {
 }
 
 /// Tuned for fast failure detection on a LAN: a dead member is suspected
-/// after one missed probe and declared down 1.5 s later.
+/// after one missed probe and declared down 1.5 s later. How many times an
+/// update is passed on grows with the cluster (foca's formula), so that
+/// every member hears of a death in large clusters too; the driver resizes
+/// it as members come and go.
 fn config(cluster_size: u32) -> Config {
     let mut c = Config::new_lan(NonZeroU32::new(cluster_size.max(3)).unwrap_or(NonZeroU32::MIN));
     c.probe_period = Duration::from_millis(750);
@@ -141,7 +147,7 @@ impl Gossip {
         info!(id = ?me, bind = %cfg.bind, "gossip starting");
         let foca = Foca::new(
             me,
-            config(3),
+            config(INITIAL_SIZE),
             StdRng::from_rng(&mut rand::rng()),
             PostcardCodec,
         );
@@ -188,6 +194,7 @@ impl Gossip {
             tx: tx.clone(),
             view: view.clone(),
             metrics,
+            sized_for: INITIAL_SIZE,
         };
         tokio::spawn(driver.run(rx, cancel));
         for seed in cfg.seeds {
@@ -218,6 +225,8 @@ struct Driver {
     tx: mpsc::Sender<Input>,
     view: Arc<RwLock<HashMap<String, MemberView>>>,
     metrics: Arc<Metrics>,
+    /// The cluster size foca's config was made for.
+    sized_for: u32,
 }
 
 impl Driver {
@@ -288,7 +297,7 @@ impl Driver {
         }
     }
 
-    fn refresh_view(&self) {
+    fn refresh_view(&mut self) {
         let mut best: HashMap<String, (u64, MemberView)> = HashMap::new();
         for m in self.foca.iter_membership_state() {
             let id = m.id();
@@ -308,7 +317,47 @@ impl Driver {
         }
         let alive = best.values().filter(|(_, v)| v.up).count();
         self.metrics.gossip_members.set(alive as i64);
+        let size = u32::try_from(alive + 1)
+            .unwrap_or(u32::MAX)
+            .max(INITIAL_SIZE);
+        if size != self.sized_for {
+            match self.foca.set_config(config(size)) {
+                Ok(()) => self.sized_for = size,
+                Err(error) => warn!(%error, size, "resize gossip config"),
+            }
+        }
         let view: HashMap<_, _> = best.into_iter().map(|(k, (_, v))| (k, v)).collect();
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver may resize foca's config at any time: only what foca
+    /// allows to change may differ between sizes, and large clusters pass
+    /// updates on more often.
+    #[test]
+    fn config_resizes_in_place() {
+        let me = MemberId {
+            node_id: "n1".into(),
+            addr: "192.0.2.1:7946".parse().expect("addr"),
+            bump: 1,
+        };
+        let mut foca = Foca::new(
+            me,
+            config(INITIAL_SIZE),
+            StdRng::from_rng(&mut rand::rng()),
+            PostcardCodec,
+        );
+        for size in [4, 10, 30, 100, 3] {
+            foca.set_config(config(size)).expect("resize");
+        }
+        assert!(config(30).max_transmissions > config(3).max_transmissions);
+        assert_eq!(
+            config(30).suspect_to_down_after,
+            config(3).suspect_to_down_after
+        );
     }
 }
