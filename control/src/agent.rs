@@ -632,26 +632,9 @@ impl Agent {
             }],
             data_path_port,
         };
-        let store_path = self.cfg.data_dir.join("swarm.redb");
-        // A store left by an earlier, forced leave would carry its state over.
-        let _ = std::fs::remove_file(&store_path);
-        let active = match self
-            .activate(local.clone(), Boot::Init(Box::new((cluster, node))))
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = std::fs::remove_file(&store_path);
-                return Err(e);
-            }
-        };
-        if let Err(e) = local.save(&self.cfg.data_dir) {
-            active.stop().await;
-            let _ = std::fs::remove_file(&store_path);
-            return Err(ApiError::internal("save node state", &e));
-        }
+        self.enter_swarm(local, Boot::Init(Box::new((cluster, node))))
+            .await?;
         info!(node = %node_id, "swarm initialized");
-        *self.active.write().await = Some(active);
         Ok(node_id)
     }
 
@@ -707,6 +690,29 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// Starts a new membership from an empty store (a store left by an
+    /// earlier, forced leave would carry its state over), persists the
+    /// node's identity, and makes it current; on failure nothing is left.
+    /// (Called with `transition` held.)
+    async fn enter_swarm(self: &Arc<Self>, local: LocalNode, boot: Boot) -> Result<(), ApiError> {
+        let store_path = self.cfg.data_dir.join("swarm.redb");
+        let _ = std::fs::remove_file(&store_path);
+        let active = match self.activate(local.clone(), boot).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_file(&store_path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = local.save(&self.cfg.data_dir) {
+            active.stop().await;
+            let _ = std::fs::remove_file(&store_path);
+            return Err(ApiError::internal("save node state", &e));
+        }
+        *self.active.write().await = Some(active);
+        Ok(())
     }
 
     /// `POST /swarm/join`: joins the swarm of the manager at `RemoteAddrs`.
@@ -777,22 +783,9 @@ impl Agent {
         } else {
             Boot::Resume
         };
-        let store_path = self.cfg.data_dir.join("swarm.redb");
-        let _ = std::fs::remove_file(&store_path);
-        let active = match self.activate(local.clone(), boot).await {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = std::fs::remove_file(&store_path);
-                return Err(e);
-            }
-        };
-        if let Err(e) = local.save(&self.cfg.data_dir) {
-            active.stop().await;
-            let _ = std::fs::remove_file(&store_path);
-            return Err(ApiError::internal("save node state", &e));
-        }
-        info!(node = %joined.node_id, manager = local.manager, "joined swarm");
-        *self.active.write().await = Some(active);
+        let manager = local.manager;
+        self.enter_swarm(local, boot).await?;
+        info!(node = %joined.node_id, manager, "joined swarm");
         Ok(())
     }
 

@@ -9,39 +9,71 @@ use axum::{
     response::Response,
 };
 use bollard_stubs::models::{
-    JoinTokens, ObjectVersion, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec, TlsInfo,
+    ClusterInfo, JoinTokens, ObjectVersion, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmSpec,
+    TlsInfo,
 };
 
 use super::{ApiError, json, json_body, query_bool, require_manager};
 use crate::{
     agent::Agent,
-    store::{Command, state::Secret},
+    store::{ClusterRecord, Command, state::Secret},
     token::JoinToken,
 };
+
+/// The swarm as `/info` shows it (no join tokens).
+pub(super) fn cluster_info(c: &ClusterRecord) -> ClusterInfo {
+    ClusterInfo {
+        id: Some(c.id.clone()),
+        version: Some(ObjectVersion {
+            index: Some(c.version),
+        }),
+        created_at: Some(c.created_at.clone()),
+        updated_at: Some(c.updated_at.clone()),
+        spec: Some(c.spec.clone()),
+        tls_info: Some(TlsInfo {
+            trust_root: Some(c.root_ca.cert_pem.clone()),
+            ..Default::default()
+        }),
+        root_rotation_in_progress: Some(false),
+        data_path_port: Some(c.data_path_port),
+        default_addr_pool: Some(c.default_addr_pool.clone()),
+        subnet_size: Some(c.subnet_size),
+    }
+}
 
 pub async fn inspect(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     let store = require_manager(&agent).await?;
     let swarm = store.read(|s| {
-        s.cluster.as_ref().map(|c| Swarm {
-            id: Some(c.id.clone()),
-            version: Some(ObjectVersion {
-                index: Some(c.version),
-            }),
-            created_at: Some(c.created_at.clone()),
-            updated_at: Some(c.updated_at.clone()),
-            spec: Some(c.spec.clone()),
-            tls_info: Some(TlsInfo {
-                trust_root: Some(c.root_ca.cert_pem.clone()),
-                ..Default::default()
-            }),
-            root_rotation_in_progress: Some(false),
-            data_path_port: Some(c.data_path_port),
-            default_addr_pool: Some(c.default_addr_pool.clone()),
-            subnet_size: Some(c.subnet_size),
-            join_tokens: Some(JoinTokens {
-                worker: Some(c.worker_token.as_str().to_owned()),
-                manager: Some(c.manager_token.as_str().to_owned()),
-            }),
+        s.cluster.as_ref().map(|c| {
+            // Docker's Swarm is its ClusterInfo plus the join tokens.
+            let ClusterInfo {
+                id,
+                version,
+                created_at,
+                updated_at,
+                spec,
+                tls_info,
+                root_rotation_in_progress,
+                data_path_port,
+                default_addr_pool,
+                subnet_size,
+            } = cluster_info(c);
+            Swarm {
+                id,
+                version,
+                created_at,
+                updated_at,
+                spec,
+                tls_info,
+                root_rotation_in_progress,
+                data_path_port,
+                default_addr_pool,
+                subnet_size,
+                join_tokens: Some(JoinTokens {
+                    worker: Some(c.worker_token.as_str().to_owned()),
+                    manager: Some(c.manager_token.as_str().to_owned()),
+                }),
+            }
         })
     });
     let swarm = swarm.ok_or_else(|| ApiError::Unavailable(super::error::NOT_IN_SWARM.into()))?;

@@ -8,8 +8,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bollard_stubs::models::{
-    ClusterInfo, LocalNodeState, ObjectVersion, PeerNode, SwarmInfo, SystemInfo, SystemVersion,
-    SystemVersionComponents, SystemVersionPlatform, TlsInfo,
+    LocalNodeState, PeerNode, SwarmInfo, SystemInfo, SystemVersion, SystemVersionComponents,
+    SystemVersionPlatform,
 };
 
 use super::{API_VERSION, MIN_API_VERSION, json};
@@ -169,23 +169,5 @@ fn fill_cluster(s: &mut SwarmInfo, st: &StoreState) {
             })
             .collect(),
     );
-    if let Some(c) = &st.cluster {
-        s.cluster = Some(ClusterInfo {
-            id: Some(c.id.clone()),
-            version: Some(ObjectVersion {
-                index: Some(c.version),
-            }),
-            created_at: Some(c.created_at.clone()),
-            updated_at: Some(c.updated_at.clone()),
-            spec: Some(c.spec.clone()),
-            tls_info: Some(TlsInfo {
-                trust_root: Some(c.root_ca.cert_pem.clone()),
-                ..Default::default()
-            }),
-            root_rotation_in_progress: Some(false),
-            data_path_port: Some(c.data_path_port),
-            default_addr_pool: Some(c.default_addr_pool.clone()),
-            subnet_size: Some(c.subnet_size),
-        });
-    }
+    s.cluster = st.cluster.as_ref().map(super::swarm::cluster_info);
 }
