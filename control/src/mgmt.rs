@@ -199,6 +199,10 @@ impl Conn {
         }
     }
 
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MgmtError> {
         let addr = self.addr.clone();
         let tcp = TcpStream::connect(&addr)

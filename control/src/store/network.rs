@@ -15,7 +15,6 @@ use openraft::{
 };
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use super::TypeConfig;
 use crate::mgmt::{self, MgmtError};
@@ -47,46 +46,18 @@ impl Network {
     }
 }
 
-/// The connection to one peer manager. openraft gives an AppendEntries
-/// RPC only a heartbeat interval (100 ms) and drops it when that runs out;
-/// so the exchange itself runs in a task that owns the connection and
-/// finishes what it started, and a slow answer (a loaded machine) never
-/// costs the TLS session. A dropped caller just does not get the reply.
 pub struct Peer {
     target: NodeId,
-    addr: String,
-    tx: mpsc::Sender<Call>,
+    conn: mgmt::Conn,
 }
-
-type Call = (RaftRpc, oneshot::Sender<Result<RaftReply, MgmtError>>);
-
-/// How long the connection task waits for one answer before it gives up
-/// on the connection (a dead or cut-off peer).
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        let (tx, mut rx) = mpsc::channel::<Call>(64);
-        let mut conn = mgmt::Conn::new(node.addr.clone(), self.tls.clone());
-        tokio::spawn(async move {
-            while let Some((rpc, reply)) = rx.recv().await {
-                let req = mgmt::Request::Raft(Box::new(rpc));
-                let result = match conn.call(&req, EXCHANGE_TIMEOUT).await {
-                    Ok(mgmt::Response::Raft(r)) => Ok(*r),
-                    Ok(_) => Err(MgmtError::Frame(
-                        "unexpected reply to a Raft request".into(),
-                    )),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            }
-        });
         Peer {
             target,
-            addr: node.addr.clone(),
-            tx,
+            conn: mgmt::Conn::new(node.addr.clone(), self.tls.clone()),
         }
     }
 }
@@ -98,16 +69,14 @@ impl Peer {
     async fn rpc<E: std::error::Error>(
         &mut self,
         rpc: RaftRpc,
+        timeout: Duration,
     ) -> Result<RaftReply, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                "connection task stopped",
-            )))
-        };
-        self.tx.send((rpc, reply)).await.map_err(|_| gone())?;
-        match answer.await.map_err(|_| gone())? {
-            Ok(r) => Ok(r),
+        let req = mgmt::Request::Raft(Box::new(rpc));
+        match self.conn.call(&req, timeout).await {
+            Ok(mgmt::Response::Raft(reply)) => Ok(*reply),
+            Ok(_) => Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("unexpected reply to a Raft request"),
+            ))),
             Err(e @ (MgmtError::Connect { .. } | MgmtError::Handshake { .. })) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
@@ -120,7 +89,7 @@ impl Peer {
     ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
             "mismatched Raft reply from {}",
-            self.addr
+            self.conn.addr()
         ))))
     }
 }
@@ -129,9 +98,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.rpc(RaftRpc::Append(rpc)).await? {
+        match self.rpc(RaftRpc::Append(rpc), option.hard_ttl()).await? {
             RaftReply::Append(Ok(r)) => Ok(r),
             RaftReply::Append(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -143,9 +112,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.rpc(RaftRpc::Snapshot(rpc)).await? {
+        match self.rpc(RaftRpc::Snapshot(rpc), option.hard_ttl()).await? {
             RaftReply::Snapshot(Ok(r)) => Ok(r),
             RaftReply::Snapshot(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -157,9 +126,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.rpc(RaftRpc::Vote(rpc)).await? {
+        match self.rpc(RaftRpc::Vote(rpc), option.hard_ttl()).await? {
             RaftReply::Vote(Ok(r)) => Ok(r),
             RaftReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.unexpected()),
