@@ -318,9 +318,6 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        // Raft's small frames must not wait for Nagle and delayed ACKs
-        // (about 86 ms a write without this).
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
