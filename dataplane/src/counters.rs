@@ -17,9 +17,6 @@ use tracing::{debug, info};
 static COUNTERS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/swarmnet-counters"));
 
-/// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
-const IFNAME_MAX: usize = 15;
-
 /// Errors of [`UnderlayCounters`].
 #[derive(Debug, thiserror::Error)]
 pub enum CountersError {
@@ -236,21 +233,7 @@ impl UnderlayCounters {
 
 /// Rejects names the kernel would (aya also panics on an interior NUL).
 fn validate_iface(iface: &str) -> Result<(), CountersError> {
-    let reason = if iface.is_empty() {
-        Some("empty")
-    } else if iface.len() > IFNAME_MAX {
-        Some("longer than 15 bytes")
-    } else if iface == "." || iface == ".." {
-        Some("reserved name")
-    } else if iface
-        .bytes()
-        .any(|b| b == 0 || b == b'/' || b == b':' || b.is_ascii_whitespace())
-    {
-        Some("contains NUL, '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match reason {
+    match crate::ifname::invalid(iface) {
         Some(reason) => Err(CountersError::InvalidInterface {
             iface: iface.to_owned(),
             reason,

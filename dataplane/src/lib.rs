@@ -5,5 +5,6 @@
 #![deny(unsafe_code)]
 
 mod counters;
+mod ifname;
 
 pub use counters::{CountersError, Proto, ProtoCount, UnderlayCounters};
