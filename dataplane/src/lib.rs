@@ -1,10 +1,18 @@
 //! Kernel side of swarmnet: netlink devices and eBPF programs.
 //!
+//! - [`netns`]: network namespaces bind-mounted at a path (`ip netns add`).
+//! - link: the node's bridge and containers' veth pairs ([`Netlink`]).
+//! - counters: the underlay's eBPF counters ([`UnderlayCounters`]).
+//!
 //! `unsafe_code` is denied workspace-wide (root `Cargo.toml`) and again here:
-//! this crate relies on aya and needs none of its own.
+//! this crate relies on aya and nix's safe wrappers and needs none of its own.
 #![deny(unsafe_code)]
 
 mod counters;
 mod ifname;
+mod link;
+pub mod netns;
 
 pub use counters::{CountersError, Proto, ProtoCount, UnderlayCounters};
+pub use link::{LinkError, LinkInfo, Netlink, VethSpec, mac_from_ipv4};
+pub use netns::NetnsError;
