@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::{
     api::error::{ALREADY_IN_SWARM, ApiError},
     gossip::{Gossip, GossipConfig},
+    images::{ImageError, ImageStore, ImageUser, RegistryConfig},
     metrics::Metrics,
     mgmt::{self, ErrorKind, JoinRequest, JoinResponse, ManagerPeer, MgmtError, Peer, Response},
     pki::{self, NodeIdentity, RootCa},
@@ -56,6 +57,8 @@ pub struct AgentConfig {
     pub advertise_addr: Option<IpAddr>,
     pub listen_addr: Option<SocketAddr>,
     pub gossip_port: u16,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
 }
 
 /// What a node remembers of its swarm membership.
@@ -185,6 +188,8 @@ async fn join_raft_group(local: &LocalNode, me: &str) -> Result<(), ApiError> {
 pub struct Agent {
     pub cfg: AgentConfig,
     pub metrics: Arc<Metrics>,
+    /// The node's images, at `<data-dir>/images`.
+    pub images: Arc<ImageStore>,
     /// Held for the whole of a transition (init, join, leave), so two
     /// never interleave. Lock order: `transition` before `active`.
     transition: Mutex<()>,
@@ -204,6 +209,8 @@ pub enum AgentError {
     },
     #[error("resume swarm membership")]
     Resume(#[source] ApiError),
+    #[error("open image store")]
+    Images(#[source] ImageError),
 }
 
 impl Agent {
@@ -216,9 +223,18 @@ impl Agent {
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
         let local = LocalNode::load(&cfg.data_dir).map_err(data_err)?;
         let engine_id = engine_id(&cfg.data_dir).map_err(data_err)?;
+        let images = ImageStore::open(
+            &cfg.data_dir.join("images"),
+            RegistryConfig {
+                mirrors: cfg.registry_mirrors.clone(),
+                insecure: cfg.insecure_registries.clone(),
+            },
+        )
+        .map_err(AgentError::Images)?;
         let agent = Arc::new(Self {
             cfg,
             metrics,
+            images: Arc::new(images),
             transition: Mutex::new(()),
             active: RwLock::new(None),
             engine_id,
@@ -238,6 +254,11 @@ impl Agent {
     /// The engine's own ID (`docker info` ID), stable across restarts.
     pub fn engine_id(&self) -> String {
         self.engine_id.clone()
+    }
+
+    /// The containers of this node and the images they use.
+    pub fn image_users(&self) -> Vec<ImageUser> {
+        Vec::new() // the container runtime fills this in
     }
 
     pub async fn active(&self) -> Option<Arc<Active>> {

@@ -9,6 +9,7 @@ mod agent;
 mod api;
 mod demo;
 mod gossip;
+mod images;
 mod metrics;
 mod mgmt;
 mod pki;
@@ -75,6 +76,13 @@ pub struct AgentArgs {
     /// the interface holding --advertise-addr).
     #[arg(long)]
     underlay_iface: Option<String>,
+    /// A mirror for Docker Hub images (e.g. http://198.18.0.2:5000), tried
+    /// in order before docker.io; repeatable.
+    #[arg(long = "registry-mirror")]
+    registry_mirrors: Vec<String>,
+    /// A registry (HOST[:PORT]) spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// debug, info, warn or error (or a tracing filter).
     #[arg(short = 'l', long, default_value = "info")]
     log_level: String,
@@ -126,6 +134,8 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         advertise_addr: args.advertise_addr,
         listen_addr: args.listen_addr,
         gossip_port: args.gossip_port,
+        registry_mirrors: args.registry_mirrors.clone(),
+        insecure_registries: args.insecure_registries.clone(),
     };
     let agent = agent::Agent::start(cfg, metrics.clone())
         .await

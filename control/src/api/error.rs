@@ -8,7 +8,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::store::{CommandError, StoreError};
+use crate::{
+    images::ImageError,
+    store::{CommandError, StoreError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -78,6 +81,26 @@ impl From<CommandError> for ApiError {
             CommandError::NodeNotDown(_)
             | CommandError::NodeIsManager(_)
             | CommandError::InvalidArgument(_) => ApiError::BadRequest(msg),
+        }
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::NoSuchImage(_) | ImageError::NotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            ImageError::InvalidReference(_)
+            | ImageError::InvalidArgument(_)
+            | ImageError::InvalidArchive(_) => ApiError::BadRequest(e.to_string()),
+            ImageError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            ImageError::Registry { .. } | ImageError::Verification { .. } => {
+                let msg = e.full_message();
+                tracing::warn!(error = %msg, "image request failed");
+                ApiError::Internal(msg)
+            }
+            other => ApiError::internal("image store", &other),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod error;
 mod filters;
+mod images;
 mod nodes;
 mod swarm;
 mod system;
@@ -43,6 +44,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
+        .route("/images/json", get(images::list))
+        .route("/images/create", post(images::create))
+        .route("/images/load", post(images::load))
+        .route(
+            "/images/{*rest}",
+            get(images::get).post(images::post).delete(images::remove),
+        )
         .fallback(|| async { ApiError::NotFound("page not found".into()) })
         .with_state(agent)
 }
