@@ -7,6 +7,11 @@
 #                                             DIR/registry.log, DIR/config.yml
 #   bash scripts/registry.sh stop DIR         stop the registry started with DIR
 #   bash scripts/registry.sh status DIR       is it running? (exit 0 if so)
+#   bash scripts/registry.sh seed DIR [CACHE]
+#                                             make DIR a registry storage root
+#                                             holding every cached image (pushed
+#                                             in a network namespace of its own);
+#                                             the test harness serves it read-only
 #   bash scripts/registry.sh push ADDR [CACHE]
 #                                             push every cached image to
 #                                             ADDR/library/NAME:latest (CACHE:
@@ -191,6 +196,49 @@ cmd_push() {
     [[ $n -gt 0 ]] || die "no images in $cache/oci (run bash scripts/images.sh)"
 }
 
+# The cache's images and their digests: what a seeded DIR must hold.
+seed_stamp() {
+    local cache=$1 oci
+    for oci in "$cache"/oci/*/; do
+        [[ -f "$oci/index.json" ]] || continue
+        printf '%s %s\n' "$(basename "$oci")" "$(sha256sum <"$oci/index.json" | cut -d' ' -f1)"
+    done
+}
+
+cmd_seed() {
+    [[ $# -eq 1 || $# -eq 2 ]] || { usage >&2; exit 2; }
+    local dir=$1 cache=${2:-$CACHE} stamp ns work
+    need docker-registry docker-registry
+    need skopeo skopeo
+    stamp=$(seed_stamp "$cache")
+    [[ -n "$stamp" ]] || die "no images in $cache/oci (run bash scripts/images.sh)"
+    if [[ -f "$dir/.seeded" && "$(<"$dir/.seeded")" == "$stamp" ]]; then
+        log "seeded already: $dir"
+        return 0
+    fi
+    mkdir -p "$(dirname "$dir")"
+    exec 8>"$dir.lock"
+    flock 8
+    if [[ -f "$dir/.seeded" && "$(<"$dir/.seeded")" == "$stamp" ]]; then
+        log "seeded already: $dir"
+        return 0
+    fi
+    ns="snseed$$"
+    work=$(mktemp -d "$dir.work.XXXXXX")
+    # The registry listens on loopback inside a namespace of its own.
+    ip netns add "$ns"
+    # shellcheck disable=SC2064
+    trap "bash '${BASH_SOURCE[0]}' stop '$work' >/dev/null 2>&1 || true; ip netns del '$ns' 2>/dev/null || true; rm -rf '$work'" EXIT
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" bash "${BASH_SOURCE[0]}" start 127.0.0.1:5000 "$work"
+    ip netns exec "$ns" bash "${BASH_SOURCE[0]}" push 127.0.0.1:5000 "$cache"
+    bash "${BASH_SOURCE[0]}" stop "$work"
+    printf '%s\n' "$stamp" >"$work/data/.seeded"
+    rm -rf "$dir"
+    mv "$work/data" "$dir"
+    log "seeded $dir with: $(echo "$stamp" | cut -d' ' -f1 | tr '\n' ' ')"
+}
+
 [[ $# -ge 1 ]] || { usage >&2; exit 2; }
 cmd=$1
 shift
@@ -199,6 +247,7 @@ case "$cmd" in
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     push) cmd_push "$@" ;;
+    seed) cmd_seed "$@" ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

@@ -27,6 +27,12 @@ section() {
 section "setup: scripts/setup.sh"
 bash scripts/setup.sh
 
+section "test images: scripts/images.sh (cached after the first build)"
+bash scripts/images.sh
+
+section "registry storage: scripts/registry.sh seed"
+bash scripts/registry.sh seed "${SWARMNET_REGISTRY_DATA:-/var/cache/swarmnet/registry}"
+
 section "format: cargo fmt --all --check"
 cargo fmt --all --check
 

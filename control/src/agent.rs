@@ -59,6 +59,7 @@ pub struct AgentConfig {
     pub gossip_port: u16,
     pub registry_mirrors: Vec<String>,
     pub insecure_registries: Vec<String>,
+    pub runtime: crate::runtime::RuntimeConfig,
 }
 
 /// What a node remembers of its swarm membership.
@@ -190,6 +191,8 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     /// The node's images, at `<data-dir>/images`.
     pub images: Arc<ImageStore>,
+    /// The node's containers (local, in a swarm or not).
+    pub runtime: Arc<crate::runtime::Runtime>,
     /// Held for the whole of a transition (init, join, leave), so two
     /// never interleave. Lock order: `transition` before `active`.
     transition: Mutex<()>,
@@ -211,6 +214,8 @@ pub enum AgentError {
     Resume(#[source] ApiError),
     #[error("open image store")]
     Images(#[source] ImageError),
+    #[error("open the container runtime")]
+    Runtime(#[source] crate::runtime::RuntimeError),
 }
 
 impl Agent {
@@ -223,18 +228,24 @@ impl Agent {
         std::fs::create_dir_all(&cfg.data_dir).map_err(data_err)?;
         let local = LocalNode::load(&cfg.data_dir).map_err(data_err)?;
         let engine_id = engine_id(&cfg.data_dir).map_err(data_err)?;
-        let images = ImageStore::open(
-            &cfg.data_dir.join("images"),
-            RegistryConfig {
-                mirrors: cfg.registry_mirrors.clone(),
-                insecure: cfg.insecure_registries.clone(),
-            },
-        )
-        .map_err(AgentError::Images)?;
+        let images = Arc::new(
+            ImageStore::open(
+                &cfg.data_dir.join("images"),
+                RegistryConfig {
+                    mirrors: cfg.registry_mirrors.clone(),
+                    insecure: cfg.insecure_registries.clone(),
+                },
+            )
+            .map_err(AgentError::Images)?,
+        );
+        let runtime = crate::runtime::Runtime::open(cfg.runtime.clone(), images.clone())
+            .await
+            .map_err(AgentError::Runtime)?;
         let agent = Arc::new(Self {
             cfg,
             metrics,
-            images: Arc::new(images),
+            images,
+            runtime,
             transition: Mutex::new(()),
             active: RwLock::new(None),
             engine_id,
@@ -258,7 +269,7 @@ impl Agent {
 
     /// The containers of this node and the images they use.
     pub fn image_users(&self) -> Vec<ImageUser> {
-        Vec::new() // the container runtime fills this in
+        self.runtime.image_users()
     }
 
     pub async fn active(&self) -> Option<Arc<Active>> {

@@ -13,6 +13,7 @@ mod images;
 mod metrics;
 mod mgmt;
 mod pki;
+mod runtime;
 mod store;
 mod token;
 mod util;
@@ -37,12 +38,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// A demo cluster of nodes in network namespaces on this machine.
     Demo {
         #[command(subcommand)]
         cmd: demo::DemoCmd,
     },
+    /// The monitor of one container (started by the agent).
+    #[command(hide = true)]
+    Shim(runtime::shim::ShimArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +87,26 @@ pub struct AgentArgs {
     /// A registry (HOST[:PORT]) spoken to over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Where the agent keeps runtime state that ends with the machine's
+    /// run (runc state, shim sockets, network namespaces).
+    #[arg(long, default_value = "/run/swarmnet")]
+    exec_root: PathBuf,
+    /// The OCI runtime that runs containers.
+    #[arg(long, default_value = "runc")]
+    runtime: PathBuf,
+    /// The address and subnet of the node's `bridge` network (its bridge
+    /// holds the address).
+    #[arg(long, default_value = "172.17.0.1/16")]
+    bip: String,
+    /// The Linux bridge of the `bridge` network.
+    #[arg(short = 'b', long, default_value = "docker0")]
+    bridge: String,
+    /// The MTU of the `bridge` network.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// The cgroup under which containers' cgroups are made.
+    #[arg(long, default_value = "/swarmnet")]
+    cgroup_parent: String,
     /// debug, info, warn or error (or a tracing filter).
     #[arg(short = 'l', long, default_value = "info")]
     log_level: String,
@@ -98,11 +122,15 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?
-                .block_on(run_agent(args))
+                .block_on(run_agent(*args))
         }
         Cmd::Demo { cmd } => {
             init_tracing("info")?;
             demo::run(cmd)
+        }
+        Cmd::Shim(args) => {
+            init_tracing("info")?;
+            std::process::exit(runtime::shim::main(args))
         }
     }
 }
@@ -126,6 +154,9 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    // `docker exec -t` processes are detached by runc and reparented here,
+    // so their exit status is the agent's to collect.
+    nix::sys::prctl::set_child_subreaper(true).context("become a child subreaper")?;
     let metrics = metrics::Metrics::new();
     attach_counters(&args, &metrics);
     let cfg = agent::AgentConfig {
@@ -136,6 +167,16 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         gossip_port: args.gossip_port,
         registry_mirrors: args.registry_mirrors.clone(),
         insecure_registries: args.insecure_registries.clone(),
+        runtime: runtime::RuntimeConfig {
+            data_dir: args.data_dir.join("containers"),
+            exec_root: args.exec_root.clone(),
+            runtime: args.runtime.clone(),
+            cgroup_parent: args.cgroup_parent.clone(),
+            bip: args.bip.clone(),
+            bridge_name: args.bridge.clone(),
+            mtu: args.mtu,
+            self_exe: std::env::current_exe().context("this binary's path")?,
+        },
     };
     let agent = agent::Agent::start(cfg, metrics.clone())
         .await

@@ -4,6 +4,7 @@
 
 mod badinput;
 mod cli;
+mod containers;
 mod ebpf;
 mod gossip;
 mod liveness;

@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::{
+    containers::{self, Registry},
     eventually::{patience, retry},
     http::{self, HttpResponse},
     metrics::Metrics,
@@ -52,6 +53,7 @@ pub struct ClusterBuilder {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     agent_bin: Option<PathBuf>,
+    registry: bool,
 }
 
 impl ClusterBuilder {
@@ -67,7 +69,16 @@ impl ClusterBuilder {
             extra_args: Vec::new(),
             env: Vec::new(),
             agent_bin: None,
+            registry: false,
         }
+    }
+
+    /// Serve the test images from a registry on the hub (198.18.0.2:5000,
+    /// the seeded storage read-only) and make it every agent's Docker Hub
+    /// mirror, so `docker pull nginx` works on every node.
+    pub fn registry(mut self) -> Self {
+        self.registry = true;
+        self
     }
 
     /// The program to run as the agent instead of [`agent_bin`] (the
@@ -105,9 +116,10 @@ impl ClusterBuilder {
     /// Creates the namespaces, starts the agents and waits until each
     /// answers `/_ping`. Panics (cleaning up what it made) on failure.
     #[track_caller]
-    pub fn build(self) -> Cluster {
+    pub fn build(mut self) -> Cluster {
         require_root();
         reap_stale();
+        containers::become_subreaper();
         let (prefix, dir) = claim_prefix();
         let docker_config = dir.join("docker-config");
         fs::create_dir_all(&docker_config).expect("create DOCKER_CONFIG dir");
@@ -119,6 +131,7 @@ impl ClusterBuilder {
             dir: dir.clone(),
             hub: None,
             nodes: Vec::new(),
+            registry: None,
         };
         let hub_name = format!("{prefix}-hub");
         record_netns(&dir, &hub_name);
@@ -127,6 +140,19 @@ impl ClusterBuilder {
         hub.ip_ok(&["link", "add", BRIDGE, "type", "bridge"]);
         hub.ip_ok(&["link", "set", BRIDGE, "up"]);
         cluster.hub = Some(hub);
+        if self.registry {
+            // ip -n HUB addr add 198.18.0.2/24 dev br0
+            cluster.hub().ip_ok(&[
+                "addr",
+                "add",
+                &format!("{}/24", containers::REGISTRY_ADDR.ip()),
+                "dev",
+                BRIDGE,
+            ]);
+            let reg = Registry::start(&hub_name, &dir);
+            self.extra_args.extend(reg.agent_args());
+            cluster.registry = Some(reg);
+        }
 
         let agent_bin = match (self.agents, self.agent_bin) {
             (false, _) => None,
@@ -221,6 +247,7 @@ pub struct Cluster {
     dir: PathBuf,
     hub: Option<NetNs>,
     nodes: Vec<Node>,
+    registry: Option<Registry>,
 }
 
 impl Cluster {
@@ -376,8 +403,9 @@ impl Drop for Cluster {
             }
         }
         // Node namespaces first (deleting them deletes their veths), then
-        // the hub with its bridge.
+        // the registry and the hub with its bridge.
         self.nodes.clear();
+        self.registry = None;
         self.hub = None;
         let keep = std::env::var(ENV_KEEP).is_ok_and(|v| v == "1");
         if keep {
@@ -425,6 +453,16 @@ pub struct Node {
     docker_config: PathBuf,
     agent: Option<AgentCmd>,
     child: Mutex<Option<Child>>,
+    cgroup_parent: String,
+}
+
+impl Drop for Node {
+    /// The agent first, then what its containers left: shims, runc
+    /// containers, mounts, cgroups (the namespace goes with the field).
+    fn drop(&mut self) {
+        self.stop_agent();
+        containers::cleanup_node(&self.dir, &self.cgroup_parent);
+    }
 }
 
 impl Node {
@@ -458,6 +496,7 @@ impl Node {
         netns.ip_ok(&["link", "set", "eth0", "up"]);
 
         let socket = dir.join("docker.sock");
+        let cgroup_parent = format!("{}/{name}", containers::CGROUP_ROOT);
         let agent = p.agent_bin.map(|bin| {
             let mut args: Vec<String> = vec![
                 "agent".into(),
@@ -477,6 +516,12 @@ impl Node {
                 format!("{addr}:{METRICS_PORT}"),
                 "--underlay-iface".into(),
                 "eth0".into(),
+                "--exec-root".into(),
+                dir.join("run").display().to_string(),
+                "--bip".into(),
+                containers::BIP.into(),
+                "--cgroup-parent".into(),
+                format!("/{}", cgroup_parent),
                 "--log-level".into(),
                 p.log_level.to_owned(),
             ];
@@ -500,6 +545,7 @@ impl Node {
             docker_config: p.docker_config.to_owned(),
             agent,
             child: Mutex::new(None),
+            cgroup_parent,
         }
     }
 
@@ -535,6 +581,16 @@ impl Node {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The agent's `--exec-root` (runc state, shim sockets, netns files).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// The agent's `--cgroup-parent`, without its leading slash.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     pub fn log_path(&self) -> &Path {
@@ -719,9 +775,20 @@ impl Node {
         cmd
     }
 
+    /// The docker CLI command for this node, to run as the caller likes
+    /// (e.g. `docker logs -f` read while it runs).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        self.docker_cmd(args)
+    }
+
     /// Runs the real docker CLI against this node's socket.
     pub fn docker(&self, args: &[&str]) -> Output {
         run_timeout(&mut self.docker_cmd(args), CLI_TIMEOUT)
+    }
+
+    /// Runs the docker CLI with `input` on its stdin.
+    pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        crate::util::run_timeout_input(&mut self.docker_cmd(args), CLI_TIMEOUT, Some(input))
     }
 
     /// Runs the docker CLI, panicking (with its output and the agent's log
@@ -913,7 +980,7 @@ pub fn agent_bin() -> PathBuf {
 /// its destructors (Ctrl-C, SIGKILL). nsenter execs the agent, which keeps
 /// the setting.
 #[expect(unsafe_code, reason = "Command::pre_exec is unsafe")]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only
     // calls prctl(PR_SET_PDEATHSIG), which is async-signal-safe; it does not
     // allocate or take locks.

@@ -21,6 +21,7 @@
 //!   dirs) after the test.
 
 pub mod cluster;
+pub mod containers;
 pub mod eventually;
 pub mod http;
 pub mod metrics;

@@ -42,13 +42,31 @@ pub fn unique_prefix() -> String {
 /// it cannot be started or does not finish within `timeout` (killing it).
 #[track_caller]
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    run_timeout_input(cmd, timeout, None)
+}
+
+/// [`run_timeout`] with `input` written to the command's stdin (then
+/// closed).
+#[track_caller]
+pub fn run_timeout_input(cmd: &mut Command, timeout: Duration, input: Option<&[u8]>) -> Output {
     let shown = show(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{shown}`: {e}"));
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        let input = input.to_vec();
+        thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let out_reader = thread::spawn(move || {

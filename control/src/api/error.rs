@@ -10,6 +10,7 @@ use axum::{
 
 use crate::{
     images::ImageError,
+    runtime::RuntimeError,
     store::{CommandError, StoreError},
 };
 
@@ -101,6 +102,25 @@ impl From<ImageError> for ApiError {
                 ApiError::Internal(msg)
             }
             other => ApiError::internal("image store", &other),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RuntimeError::NoSuchContainer(_)
+            | RuntimeError::NoSuchExec(_)
+            | RuntimeError::NotFound(_) => ApiError::NotFound(msg),
+            RuntimeError::Invalid(_) | RuntimeError::Oci(_) => ApiError::BadRequest(msg),
+            RuntimeError::Conflict(_) => ApiError::Conflict(msg),
+            RuntimeError::Image(i) => i.into(),
+            RuntimeError::NotModified => ApiError::Internal("not modified".into()),
+            e @ (RuntimeError::Io { .. } | RuntimeError::Net(_)) => {
+                ApiError::internal("container runtime", &e)
+            }
+            RuntimeError::Internal(m) => ApiError::Internal(m),
         }
     }
 }

@@ -3,8 +3,11 @@
 //! bodies are the models of `bollard-stubs`, so field names and shapes are
 //! Docker's; errors are Docker's `{"message": ...}`.
 
+mod containers;
 pub mod error;
+mod exec;
 mod filters;
+mod hijack;
 mod images;
 mod nodes;
 mod swarm;
@@ -18,7 +21,7 @@ use axum::{
     extract::Request,
     http::{HeaderValue, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::de::DeserializeOwned;
 use tower::{Service, ServiceExt};
@@ -51,6 +54,24 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/images/{*rest}",
             get(images::get).post(images::post).delete(images::remove),
         )
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/{id}", delete(containers::remove))
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/restart", post(containers::restart))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/pause", post(containers::pause))
+        .route("/containers/{id}/unpause", post(containers::unpause))
+        .route("/containers/{id}/wait", post(containers::wait))
+        .route("/containers/{id}/attach", post(containers::attach))
+        .route("/containers/{id}/resize", post(containers::resize))
+        .route("/containers/{id}/logs", get(containers::logs))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/resize", post(exec::resize))
+        .route("/exec/{id}/json", get(exec::inspect))
         .fallback(|| async { ApiError::NotFound("page not found".into()) })
         .with_state(agent)
 }
