@@ -607,3 +607,90 @@ fn bad_input_gets_docker_errors() {
     );
     assert_eq!(inspect_field(n, "dup", ".State.Status"), "running");
 }
+
+/// A registry that serves a layer whose bytes do not match its digest:
+/// the pull fails with a clear error and the node stores nothing.
+#[test]
+fn corrupt_layer_from_a_registry_stores_nothing() {
+    let c = Cluster::builder(1)
+        .agent_arg("--insecure-registry")
+        .agent_arg("198.18.0.3:5000")
+        .build();
+    let n = c.node(1);
+    c.hub()
+        .ip_ok(&["addr", "add", "198.18.0.3/24", "dev", "br0"]);
+    // The real busybox image of the cache, its layer's bytes tampered with.
+    let oci = Path::new(
+        &std::env::var(containers::ENV_IMAGE_CACHE)
+            .unwrap_or_else(|_| containers::DEFAULT_IMAGE_CACHE.to_owned()),
+    )
+    .join("oci/busybox");
+    let blob = |digest: &str| {
+        std::fs::read(
+            oci.join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap_or_else(|e| panic!("read blob {digest}: {e}"))
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci.join("index.json")).expect("index.json"))
+            .expect("index JSON");
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("manifest digest");
+    let manifest_bytes = blob(mdigest);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).expect("manifest");
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config")
+        .to_owned();
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let mut layer = blob(&layer_digest);
+    let mid = layer.len() / 2;
+    layer[mid] ^= 0xff;
+    let _reg = swarmnet_tests::fakereg::FakeRegistry::start(
+        c.hub().name(),
+        "198.18.0.3:5000".parse().expect("addr"),
+        swarmnet_tests::fakereg::FakeImage {
+            repo: "bad/busybox".into(),
+            manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest: manifest_bytes.clone(),
+            blobs: [
+                (config_digest.clone(), blob(&config_digest)),
+                (layer_digest.clone(), layer),
+            ]
+            .into(),
+        },
+    );
+    let out = n.docker(&["pull", "198.18.0.3:5000/bad/busybox:latest"]);
+    assert!(
+        !out.status.success(),
+        "pull of a corrupt layer: {}",
+        describe(&out)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("verification failed") && text.contains(&layer_digest),
+        "the error names the layer: {text}"
+    );
+    assert_eq!(n.docker_ok(&["images", "-q"]).trim(), "", "no image");
+    let store = n.data_dir().join("images");
+    for d in ["layers", "blobs/sha256", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(store.join(d))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{d} keeps {left:?} after a failed pull");
+    }
+    let run = n.docker(&["run", "--rm", "198.18.0.3:5000/bad/busybox", "true"]);
+    assert!(
+        !run.status.success(),
+        "ran an image that failed verification"
+    );
+}

@@ -23,6 +23,7 @@
 pub mod cluster;
 pub mod containers;
 pub mod eventually;
+pub mod fakereg;
 pub mod http;
 pub mod metrics;
 pub mod net;

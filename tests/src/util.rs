@@ -135,6 +135,12 @@ pub fn show(cmd: &Command) -> String {
     s
 }
 
+/// Hex SHA-256 of `bytes` (registry digests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 static RNG_STREAM: AtomicU64 = AtomicU64::new(0);
 
 /// `n` pseudo-random bytes (xorshift64*, seeded from the clock, the pid and
