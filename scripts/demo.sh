@@ -16,5 +16,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 bash scripts/setup.sh
+bash scripts/images.sh
+bash scripts/registry.sh seed /var/cache/swarmnet/registry
 cargo build
 exec target/debug/swarmnet demo up "$@"

@@ -16,6 +16,11 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "swarmnet-demo";
+/// The registry on the hub's bridge, every agent's Docker Hub mirror.
+const REGISTRY_ADDR: &str = "198.18.0.2:5000";
+/// Each node's `bridge` network (every node has its own, as every Docker
+/// host has 172.17.0.0/16).
+const BIP: &str = "198.18.1.1/24";
 
 #[derive(Subcommand)]
 pub enum DemoCmd {
@@ -33,6 +38,10 @@ pub enum DemoCmd {
         /// Start the cluster and return instead of waiting for Ctrl-C.
         #[arg(long)]
         detach: bool,
+        /// Registry storage with the test images (`bash scripts/registry.sh
+        /// seed DIR`), served read-only as every node's Docker Hub mirror.
+        #[arg(long, default_value = "/var/cache/swarmnet/registry")]
+        registry_data: PathBuf,
     },
     /// Stop a demo cluster started with `up`.
     Down {
@@ -57,7 +66,8 @@ pub fn run(cmd: DemoCmd) -> Result<()> {
             managers,
             dir,
             detach,
-        } => up(nodes, managers, &dir, detach),
+            registry_data,
+        } => up(nodes, managers, &dir, detach, &registry_data),
         DemoCmd::Down { dir } => down(&dir),
     }
 }
@@ -90,7 +100,7 @@ fn node_ip(i: u8) -> String {
     format!("198.18.0.{}", 10 + u16::from(i))
 }
 
-fn up(nodes: u8, managers: u8, dir: &Path, detach: bool) -> Result<()> {
+fn up(nodes: u8, managers: u8, dir: &Path, detach: bool, registry_data: &Path) -> Result<()> {
     if !(1..=50).contains(&nodes) {
         bail!("--nodes must be between 1 and 50");
     }
@@ -105,9 +115,9 @@ fn up(nodes: u8, managers: u8, dir: &Path, detach: bool) -> Result<()> {
     }
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let mut st = DemoState::default();
-    let result = build(nodes, managers, dir, &mut st);
+    let result = build(nodes, managers, dir, registry_data, &mut st);
     if let Err(e) = result {
-        let _ = teardown(&st);
+        let _ = teardown(dir, &st);
         let _ = fs::remove_file(state_path(dir));
         return Err(e);
     }
@@ -116,6 +126,11 @@ fn up(nodes: u8, managers: u8, dir: &Path, detach: bool) -> Result<()> {
     println!("  export DOCKER_HOST=unix://{}", sock.display());
     println!("  docker node ls");
     println!("  docker info");
+    println!("  docker run -d --name web nginx          # from the demo's registry mirror");
+    println!(
+        "  ip netns exec {PREFIX}-n1 curl -s $(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' web)"
+    );
+    println!("  docker exec -it web sh");
     for i in 1..=nodes {
         println!(
             "  node{i}: DOCKER_HOST=unix://{}  underlay {}",
@@ -142,14 +157,30 @@ fn up(nodes: u8, managers: u8, dir: &Path, detach: bool) -> Result<()> {
     down(dir)
 }
 
-fn build(nodes: u8, managers: u8, dir: &Path, st: &mut DemoState) -> Result<()> {
+fn build(
+    nodes: u8,
+    managers: u8,
+    dir: &Path,
+    registry_data: &Path,
+    st: &mut DemoState,
+) -> Result<()> {
     let exe = std::env::current_exe().context("own executable")?;
+    if !registry_data.join(".seeded").is_file() {
+        bail!(
+            "{} holds no seeded registry: run `bash scripts/images.sh && bash scripts/registry.sh seed {}` (scripts/demo.sh does)",
+            registry_data.display(),
+            registry_data.display()
+        );
+    }
     let hub = format!("{PREFIX}-hub");
     sh(&["ip", "netns", "add", &hub])?;
     st.namespaces.push(hub.clone());
     save(dir, st)?;
     sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
     sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+    sh(&["ip", "-n", &hub, "addr", "add", "198.18.0.2/24", "dev", "br0"])?;
+    st.pids.push(start_registry(&hub, dir, registry_data)?);
+    save(dir, st)?;
     for i in 1..=nodes {
         let ns = format!("{PREFIX}-n{i}");
         sh(&["ip", "netns", "add", &ns])?;
@@ -181,6 +212,12 @@ fn build(nodes: u8, managers: u8, dir: &Path, st: &mut DemoState) -> Result<()> 
             .args(["--hostname", &format!("node{i}")])
             .args(["--advertise-addr", &node_ip(i)])
             .args(["--metrics-addr", &format!("{}:9323", node_ip(i))])
+            .arg("--exec-root")
+            .arg(ndir.join("run"))
+            .args(["--bip", BIP])
+            .args(["--cgroup-parent", &format!("/{PREFIX}/node{i}")])
+            .args(["--registry-mirror", &format!("http://{REGISTRY_ADDR}")])
+            .args(["--insecure-registry", REGISTRY_ADDR])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -264,7 +301,113 @@ fn wait_ping(sock: &Path) -> Result<()> {
     bail!("agent at {} did not answer within 20 s", sock.display())
 }
 
-fn teardown(st: &DemoState) -> Result<()> {
+/// `docker-registry serve` in the hub, on the seeded storage, read-only.
+fn start_registry(hub: &str, dir: &Path, data: &Path) -> Result<u32> {
+    let config = dir.join("registry.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    readonly:\n      enabled: true\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {REGISTRY_ADDR}\n",
+            data.display()
+        ),
+    )
+    .context("write the registry config")?;
+    let log = fs::File::create(dir.join("registry.log"))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", hub, "docker-registry", "serve"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start docker-registry (Debian package docker-registry; scripts/images.sh installs it)")?;
+    Ok(child.id())
+}
+
+/// Removes what the nodes' containers left once their agents are gone:
+/// shims (only those whose command line names the demo's dir), runc
+/// containers, mounts under the dir, cgroups.
+fn cleanup_containers(dir: &Path, nodes: usize) {
+    let needle = dir.display().to_string();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if comm.trim() == "swarmnet-shim" && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    for i in 1..=nodes {
+        let root = dir.join(format!("node{i}/run/runc"));
+        if let Ok(list) = sh(&["runc", "--root", &root.display().to_string(), "list", "-q"]) {
+            for id in list.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = sh(&["runc", "--root", &root.display().to_string(), "delete", "--force", id.trim()]);
+            }
+        }
+    }
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            let base = h.path().join(PREFIX);
+            let mut dirs = Vec::new();
+            collect_dirs(&base, &mut dirs);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in dirs {
+                let _ = fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_owned());
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn teardown(dir: &Path, st: &DemoState) -> Result<()> {
+    // Containers first, through each node's API, while the agents run.
+    let node_prefix = format!("{PREFIX}-n");
+    let nodes = st
+        .namespaces
+        .iter()
+        .filter(|n| n.starts_with(&node_prefix))
+        .count();
+    for i in 1..=nodes {
+        let host = format!("unix://{}", dir.join(format!("node{i}/docker.sock")).display());
+        if let Ok(ids) = sh(&["docker", "-H", &host, "ps", "-aq"]) {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["docker", "-H", &host, "rm", "-f"];
+                args.extend(ids);
+                let _ = sh(&args);
+            }
+        }
+    }
     for pid in &st.pids {
         if let Ok(pid) = i32::try_from(*pid) {
             let _ = nix::sys::signal::kill(
@@ -282,6 +425,7 @@ fn teardown(st: &DemoState) -> Result<()> {
             );
         }
     }
+    cleanup_containers(dir, nodes);
     for ns in st.namespaces.iter().rev() {
         let _ = sh(&["ip", "netns", "del", ns]);
     }
@@ -298,7 +442,7 @@ fn down(dir: &Path) -> Result<()> {
         Err(e) => return Err(e).context("read demo state"),
     };
     let st: DemoState = serde_json::from_slice(&bytes).context("parse demo state")?;
-    teardown(&st)?;
+    teardown(dir, &st)?;
     fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
     println!("demo stopped and removed");
     Ok(())
