@@ -346,10 +346,10 @@ impl ImageStore {
                     None => added += 1,
                 }
             }
-            if added > 0 {
-                if let Some(rec) = meta.images.get_mut(&id) {
-                    rec.last_tag_time = Some(now.clone());
-                }
+            if added > 0
+                && let Some(rec) = meta.images.get_mut(&id)
+            {
+                rec.last_tag_time = Some(now.clone());
             }
             configs.push((id.clone(), img.parsed));
             out.push(Committed {
@@ -479,10 +479,10 @@ pub(super) fn lookup(meta: &Meta, name: &str) -> Result<String, ImageError> {
         };
     }
     let parsed = ImageRef::parse_default_tag(name);
-    if let Ok(r) = &parsed {
-        if let Some(id) = meta.refs.get(&r.to_string()) {
-            return Ok(id.clone());
-        }
+    if let Ok(r) = &parsed
+        && let Some(id) = meta.refs.get(&r.to_string())
+    {
+        return Ok(id.clone());
     }
     let hex = name.strip_prefix("sha256:").unwrap_or(name);
     if !hex.is_empty()
