@@ -97,7 +97,7 @@ pub(super) struct Committed {
     pub new: bool,
     /// References that pointed at other images before: (reference, old ID).
     pub moved: Vec<(ImageRef, String)>,
-    /// References that were added (new or moved).
+    /// Tags that were added or moved here.
     pub added: usize,
 }
 
@@ -337,13 +337,15 @@ impl ImageStore {
             let mut moved = Vec::new();
             let mut added = 0;
             for r in img.refs {
+                // Only tags count as news; digest references ride along.
+                let tag = usize::from(r.digest().is_none());
                 match meta.refs.insert(r.to_string(), id.clone()) {
                     Some(old) if old == id => {}
                     Some(old) => {
                         moved.push((r, old));
-                        added += 1;
+                        added += tag;
                     }
-                    None => added += 1,
+                    None => added += tag,
                 }
             }
             if added > 0

@@ -293,7 +293,7 @@ async fn registry_errors_in_dockers_words() {
         .expect("unknown repo");
     assert!(
         repo.to_string().starts_with(&format!(
-            "pull access denied for {}/nosuch, repository does not exist or may require 'docker login'",
+            "pull access denied for {}/nosuch, repository does not exist or may require 'docker login': name unknown: ",
             reg.addr
         )),
         "{repo}"

@@ -160,9 +160,19 @@ fn oci_error(code: &str, message: &str) -> Response {
 
 async fn serve(State(st): State<Arc<Mutex<RegistryState>>>, Path(rest): Path<String>) -> Response {
     let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        return match st.repos.get(repo) {
+            Some(_) => {
+                (StatusCode::OK, format!(r#"{{"name":"{repo}","tags":[]}}"#)).into_response()
+            }
+            None => oci_error("NAME_UNKNOWN", "repository name not known to registry"),
+        };
+    }
     if let Some((repo, reference)) = rest.rsplit_once("/manifests/") {
+        // As distribution does: an unknown repository's manifests are
+        // just unknown manifests.
         let Some(r) = st.repos.get(repo) else {
-            return oci_error("NAME_UNKNOWN", "repository name not known to registry");
+            return oci_error("MANIFEST_UNKNOWN", "manifest unknown");
         };
         let Some((mt, bytes)) = r.manifests.get(reference) else {
             return oci_error("MANIFEST_UNKNOWN", "manifest unknown");
