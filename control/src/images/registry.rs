@@ -186,15 +186,15 @@ impl Registry {
         ep: &OciReference,
         e: OciDistributionError,
     ) -> ImageError {
-        if image.digest().is_none() && is_code(&e, &[OciErrorCode::ManifestUnknown]) {
-            if let Err(probe) = self
+        if image.digest().is_none()
+            && is_code(&e, &[OciErrorCode::ManifestUnknown])
+            && let Err(probe) = self
                 .client
                 .list_tags(ep, &RegistryAuth::Anonymous, Some(1), None)
                 .await
-                && repo_unknown(&probe)
-            {
-                return registry_error(image, ep, probe);
-            }
+            && repo_unknown(&probe)
+        {
+            return registry_error(image, ep, probe);
         }
         registry_error(image, ep, e)
     }
