@@ -251,16 +251,18 @@ impl TestRegistry {
     }
 }
 
+fn add_file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o444);
+    b.append_data(&mut h, name, data).expect("append");
+}
+
 /// A `docker save` archive (skopeo's layout): `manifest.json`, the
 /// config as `<hex>.json`, layers as `<hex>.tar` (gzip when `gz`).
 pub fn docker_archive(img: &TestImage, tags: &[&str], gz: bool) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o444);
-        b.append_data(&mut h, name, data).expect("append");
-    };
+    let mut add = |name: &str, data: &[u8]| add_file(&mut b, name, data);
     let config_name = format!("{}.json", &img.id()[7..]);
     add(&config_name, &img.config);
     let mut layer_names = Vec::new();
@@ -281,12 +283,7 @@ pub fn docker_archive(img: &TestImage, tags: &[&str], gz: bool) -> Vec<u8> {
 /// An OCI image layout archive, named by `io.containerd.image.name`.
 pub fn oci_archive(img: &TestImage, name: Option<&str>) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o444);
-        b.append_data(&mut h, name, data).expect("append");
-    };
+    let mut add = |name: &str, data: &[u8]| add_file(&mut b, name, data);
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     for blob in std::iter::once(&img.config)
         .chain(std::iter::once(&img.manifest))
