@@ -132,3 +132,146 @@ pub async fn remove(
         .map_err(|e| ApiError::Internal(format!("remove image: {e}")))??;
     Ok(json(StatusCode::OK, &items))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        agent::AgentConfig,
+        images::testutil::{TestImage, docker_archive},
+    };
+
+    async fn agent(dir: &std::path::Path) -> Arc<Agent> {
+        let cfg = AgentConfig {
+            data_dir: dir.to_path_buf(),
+            hostname: "t1".into(),
+            advertise_addr: None,
+            listen_addr: None,
+            gossip_port: 0,
+            registry_mirrors: vec![],
+            insecure_registries: vec![],
+        };
+        Agent::start(cfg, crate::metrics::Metrics::new())
+            .await
+            .expect("agent")
+    }
+
+    async fn call(
+        agent: &Arc<Agent>,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .expect("request");
+        let resp = crate::api::router(agent.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_and_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = agent(dir.path()).await;
+        let img = TestImage::simple("sh", b"sh");
+        let archive = docker_archive(&img, &["docker.io/library/busybox:latest"], true);
+        let (s, body) = call(&agent, "POST", "/images/load?quiet=1", archive).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(body, "{\"stream\":\"Loaded image: busybox:latest\\n\"}\r\n");
+
+        let (s, _) = call(
+            &agent,
+            "POST",
+            "/images/busybox/tag?repo=198.18.0.2:5000/library/busybox&tag=v2",
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, body) = call(
+            &agent,
+            "GET",
+            "/images/198.18.0.2:5000/library/busybox:v2/json",
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("inspect JSON");
+        assert_eq!(v["Id"], img.id());
+        assert_eq!(v["RootFS"]["Type"], "layers");
+        assert_eq!(v["Config"]["ExposedPorts"]["80/tcp"], serde_json::json!({}));
+
+        let (s, body) = call(&agent, "GET", "/images/json", vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains("\"busybox:latest\""), "{body}");
+        let (s, body) = call(
+            &agent,
+            "GET",
+            "/images/json?filters=%7B%22x%22%3A%5B%22y%22%5D%7D",
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                "{\"message\":\"invalid filter 'x'\"}"
+            )
+        );
+        let (s, body) = call(&agent, "GET", "/images/nosuch/json", vec![]).await;
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "{\"message\":\"No such image: nosuch:latest\"}"
+            )
+        );
+        let (s, body) = call(
+            &agent,
+            "POST",
+            "/images/create?fromImage=NGINX&tag=latest",
+            vec![],
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body.contains("repository name (library/NGINX) must be lowercase"),
+            "{body}"
+        );
+        let (s, body) = call(&agent, "POST", "/images/load", b"garbage".repeat(100)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+
+        let (s, body) = call(
+            &agent,
+            "DELETE",
+            "/images/198.18.0.2:5000/library/busybox:v2",
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::OK,
+                "[{\"Untagged\":\"198.18.0.2:5000/library/busybox:v2\"}]"
+            )
+        );
+        let (s, body) = call(&agent, "DELETE", "/images/busybox?force=0", vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            body.contains(&format!("{{\"Deleted\":\"{}\"}}", img.id())),
+            "{body}"
+        );
+        let (s, _) = call(&agent, "DELETE", "/images/busybox", vec![]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}

@@ -84,11 +84,7 @@ fn normalize(p: &Path) -> Option<PathBuf> {
     for c in p.components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
+            Component::ParentDir if !out.pop() => return None,
             _ => {}
         }
     }
@@ -406,12 +402,12 @@ impl ImageStore {
                 )),
             })?;
         let blob_digest = hashing.finish().map_err(bad)?;
-        if let Some((digest, want)) = &layer.blob {
-            if *digest != blob_digest || *want != size {
-                return Err(bad(format!(
-                    "layer {digest} does not match its digest (got {blob_digest}, {size} bytes)"
-                )));
-            }
+        if let Some((digest, want)) = &layer.blob
+            && (*digest != blob_digest || *want != size)
+        {
+            return Err(bad(format!(
+                "layer {digest} does not match its digest (got {blob_digest}, {size} bytes)"
+            )));
         }
         if unpacked.diff_id != layer.diff_id {
             return Err(bad(format!(

@@ -29,6 +29,10 @@ mod reference;
 mod registry;
 mod remove;
 mod store;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
 mod unpack;
 mod view;
 

@@ -129,11 +129,14 @@ impl Registry {
         image: &ImageRef,
         ep: &OciReference,
     ) -> Result<Resolved, ImageError> {
-        let (bytes, digest) = self
+        let (bytes, digest) = match self
             .client
             .pull_manifest_raw(ep, &RegistryAuth::Anonymous, ACCEPT)
             .await
-            .map_err(|e| registry_error(image, ep, e))?;
+        {
+            Ok(found) => found,
+            Err(e) => return Err(self.manifest_error(image, ep, e).await),
+        };
         let mut raw = vec![bytes.to_vec()];
         let manifest_bytes = if is_index(&bytes)? {
             let index: ImageIndex = serde_json::from_slice(&bytes)
@@ -171,6 +174,29 @@ impl Registry {
             raw,
             manifest,
         })
+    }
+
+    /// Registries (distribution's among them) answer `MANIFEST_UNKNOWN`
+    /// for a repository they do not have; Docker Hub says "denied". The
+    /// tag list tells the two apart, so a missing repository gets
+    /// Docker's "pull access denied" and a missing tag "manifest for".
+    async fn manifest_error(
+        &self,
+        image: &ImageRef,
+        ep: &OciReference,
+        e: OciDistributionError,
+    ) -> ImageError {
+        if image.digest().is_none()
+            && is_code(&e, &[OciErrorCode::ManifestUnknown])
+            && let Err(probe) = self
+                .client
+                .list_tags(ep, &RegistryAuth::Anonymous, Some(1), None)
+                .await
+            && repo_unknown(&probe)
+        {
+            return registry_error(image, ep, probe);
+        }
+        registry_error(image, ep, e)
     }
 
     /// A small blob (a config) in memory, verified against its digest.
@@ -276,6 +302,25 @@ fn code_words(code: &OciErrorCode) -> String {
         .trim_matches('"')
         .to_lowercase()
         .replace('_', " ")
+}
+
+/// True if the registry answered with one of `codes`.
+fn is_code(e: &OciDistributionError, codes: &[OciErrorCode]) -> bool {
+    matches!(e, OciDistributionError::RegistryError { envelope, .. }
+        if envelope.errors.first().is_some_and(|f| codes.contains(&f.code)))
+}
+
+/// The registry does not have the repository (or will not say).
+fn repo_unknown(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::UnauthorizedError { .. })
+        || is_code(
+            e,
+            &[
+                OciErrorCode::NameUnknown,
+                OciErrorCode::Denied,
+                OciErrorCode::Unauthorized,
+            ],
+        )
 }
 
 /// Registry errors in the words dockerd uses (`distribution/errors.go`).

@@ -78,18 +78,18 @@ impl ImageStore {
         let mut records = Vec::new();
         if !is_id_name(&id, name) {
             let target = ImageRef::parse_default_tag(name)?;
-            if is_single_reference(&refs) {
-                if let Some(u) = users.first() {
-                    if !force {
-                        return Err(ImageError::Conflict(format!(
-                            "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
-                            short_id(&u.container_id),
-                            short_id(&id)
-                        )));
-                    }
-                    if let Some(u) = running {
-                        return Err(hard(u));
-                    }
+            if is_single_reference(&refs)
+                && let Some(u) = users.first()
+            {
+                if !force {
+                    return Err(ImageError::Conflict(format!(
+                        "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                        short_id(&u.container_id),
+                        short_id(&id)
+                    )));
+                }
+                if let Some(u) = running {
+                    return Err(hard(u));
                 }
             }
             meta.refs.remove(&target.to_string());

@@ -97,7 +97,7 @@ pub(super) struct Committed {
     pub new: bool,
     /// References that pointed at other images before: (reference, old ID).
     pub moved: Vec<(ImageRef, String)>,
-    /// References that were added (new or moved).
+    /// Tags that were added or moved here.
     pub added: usize,
 }
 
@@ -337,19 +337,21 @@ impl ImageStore {
             let mut moved = Vec::new();
             let mut added = 0;
             for r in img.refs {
+                // Only tags count as news; digest references ride along.
+                let tag = usize::from(r.digest().is_none());
                 match meta.refs.insert(r.to_string(), id.clone()) {
                     Some(old) if old == id => {}
                     Some(old) => {
                         moved.push((r, old));
-                        added += 1;
+                        added += tag;
                     }
-                    None => added += 1,
+                    None => added += tag,
                 }
             }
-            if added > 0 {
-                if let Some(rec) = meta.images.get_mut(&id) {
-                    rec.last_tag_time = Some(now.clone());
-                }
+            if added > 0
+                && let Some(rec) = meta.images.get_mut(&id)
+            {
+                rec.last_tag_time = Some(now.clone());
             }
             configs.push((id.clone(), img.parsed));
             out.push(Committed {
@@ -479,10 +481,10 @@ pub(super) fn lookup(meta: &Meta, name: &str) -> Result<String, ImageError> {
         };
     }
     let parsed = ImageRef::parse_default_tag(name);
-    if let Ok(r) = &parsed {
-        if let Some(id) = meta.refs.get(&r.to_string()) {
-            return Ok(id.clone());
-        }
+    if let Ok(r) = &parsed
+        && let Some(id) = meta.refs.get(&r.to_string())
+    {
+        return Ok(id.clone());
     }
     let hex = name.strip_prefix("sha256:").unwrap_or(name);
     if !hex.is_empty()

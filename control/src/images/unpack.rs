@@ -118,14 +118,15 @@ struct Meta {
     uid: u32,
     gid: u32,
     mode: u32,
-    mtime: u64,
+    /// Seconds and nanoseconds (PAX headers carry the fraction).
+    mtime: (i64, i64),
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
 fn apply<R: Read>(
     entry: &mut tar::Entry<R>,
     root: &Path,
-    dirs: &mut Vec<(PathBuf, u64)>,
+    dirs: &mut Vec<(PathBuf, (i64, i64))>,
 ) -> Result<u64, UnpackError> {
     let path = entry.path().map_err(UnpackError::Read)?.into_owned();
     let shown = path.display().to_string();
@@ -229,13 +230,19 @@ fn header_meta<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta, UnpackError> 
     let uid = u32::try_from(num(h.uid())?).unwrap_or(0);
     let gid = u32::try_from(num(h.gid())?).unwrap_or(0);
     let mode = num(h.mode().map(u64::from))? as u32;
-    let mtime = num(h.mtime())?;
+    let mut mtime = (i64::try_from(num(h.mtime())?).unwrap_or(0), 0);
     let mut xattrs = Vec::new();
     if let Some(exts) = entry.pax_extensions().map_err(UnpackError::Read)? {
         for ext in exts {
             let ext = ext.map_err(UnpackError::Read)?;
-            if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix(PAX_XATTR)) {
-                xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+            match ext.key() {
+                Ok("mtime") => mtime = pax_time(ext.value_bytes()).unwrap_or(mtime),
+                Ok(k) => {
+                    if let Some(name) = k.strip_prefix(PAX_XATTR) {
+                        xattrs.push((name.to_owned(), ext.value_bytes().to_vec()));
+                    }
+                }
+                Err(_) => {}
             }
         }
     }
@@ -246,6 +253,19 @@ fn header_meta<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta, UnpackError> 
         mtime,
         xattrs,
     })
+}
+
+/// A PAX time, `1796114633.959389557`: seconds and nanoseconds.
+fn pax_time(v: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10_i64.pow(9 - digits.len() as u32)
+    };
+    Some((secs.parse().ok()?, nanos))
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<R>, shown: &str) -> Result<PathBuf, UnpackError> {
@@ -394,8 +414,8 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
     }
 }
 
-fn set_mtime(path: &Path, mtime: u64) -> Result<(), UnpackError> {
-    let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+fn set_mtime(path: &Path, (secs, nanos): (i64, i64)) -> Result<(), UnpackError> {
+    let t = TimeSpec::new(secs, nanos);
     utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink)
         .map_err(nix_err("set mtime", path))
 }
@@ -539,6 +559,8 @@ pub(crate) mod tests {
             fs::read_link(root.join("etc/sym")).expect("sym"),
             PathBuf::from("/usr/bin/x")
         );
+        assert_eq!(pax_time(b"12.5"), Some((12, 500_000_000)));
+        assert_eq!(pax_time(b"7"), Some((7, 0)));
         let cap = xattr::get(root.join("bin/ping"), "security.capability").expect("get");
         assert!(cap.is_some(), "file capability kept");
         let wh = fs::symlink_metadata(root.join("gone")).expect("whiteout");
