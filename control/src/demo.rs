@@ -178,7 +178,16 @@ fn build(
     save(dir, st)?;
     sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
     sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
-    sh(&["ip", "-n", &hub, "addr", "add", "198.18.0.2/24", "dev", "br0"])?;
+    sh(&[
+        "ip",
+        "-n",
+        &hub,
+        "addr",
+        "add",
+        "198.18.0.2/24",
+        "dev",
+        "br0",
+    ])?;
     st.pids.push(start_registry(&hub, dir, registry_data)?);
     save(dir, st)?;
     for i in 1..=nodes {
@@ -320,7 +329,9 @@ fn start_registry(hub: &str, dir: &Path, data: &Path) -> Result<u32> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("start docker-registry (Debian package docker-registry; scripts/images.sh installs it)")?;
+        .context(
+            "start docker-registry (Debian package docker-registry; scripts/images.sh installs it)",
+        )?;
     Ok(child.id())
 }
 
@@ -336,7 +347,8 @@ fn cleanup_containers(dir: &Path, nodes: usize) {
             };
             let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
             let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
-            if comm.trim() == "swarmnet-shim" && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if comm.trim() == "swarmnet-shim" && String::from_utf8_lossy(&cmdline).contains(&needle)
+            {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -348,7 +360,14 @@ fn cleanup_containers(dir: &Path, nodes: usize) {
         let root = dir.join(format!("node{i}/run/runc"));
         if let Ok(list) = sh(&["runc", "--root", &root.display().to_string(), "list", "-q"]) {
             for id in list.lines().filter(|l| !l.trim().is_empty()) {
-                let _ = sh(&["runc", "--root", &root.display().to_string(), "delete", "--force", id.trim()]);
+                let _ = sh(&[
+                    "runc",
+                    "--root",
+                    &root.display().to_string(),
+                    "delete",
+                    "--force",
+                    id.trim(),
+                ]);
             }
         }
     }
@@ -398,7 +417,10 @@ fn teardown(dir: &Path, st: &DemoState) -> Result<()> {
         .filter(|n| n.starts_with(&node_prefix))
         .count();
     for i in 1..=nodes {
-        let host = format!("unix://{}", dir.join(format!("node{i}/docker.sock")).display());
+        let host = format!(
+            "unix://{}",
+            dir.join(format!("node{i}/docker.sock")).display()
+        );
         if let Ok(ids) = sh(&["docker", "-H", &host, "ps", "-aq"]) {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {

@@ -36,7 +36,6 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once, at start")]
 enum Cmd {
     /// Run the node agent.
     Agent(Box<AgentArgs>),

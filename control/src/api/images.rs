@@ -154,6 +154,16 @@ mod tests {
             gossip_port: 0,
             registry_mirrors: vec![],
             insecure_registries: vec![],
+            runtime: crate::runtime::RuntimeConfig {
+                data_dir: dir.join("containers"),
+                exec_root: dir.join("run"),
+                runtime: "runc".into(),
+                cgroup_parent: "/swarmnet-unit".into(),
+                bip: "198.18.1.1/24".into(),
+                bridge_name: "docker0".into(),
+                mtu: 1500,
+                self_exe: std::env::current_exe().expect("test binary"),
+            },
         };
         Agent::start(cfg, crate::metrics::Metrics::new())
             .await

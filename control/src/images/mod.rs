@@ -66,7 +66,6 @@ pub struct ImageUser {
 }
 
 /// What a container needs of its image.
-#[allow(dead_code, reason = "the container runtime uses it")]
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
     /// `sha256:<hex>` of the config.

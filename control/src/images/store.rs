@@ -400,7 +400,6 @@ impl ImageStore {
 
     /// What a container needs: the image ID, its config, its layer dirs
     /// lowest (base) first.
-    #[allow(dead_code, reason = "the container runtime uses it")]
     pub fn resolve(&self, name_or_id: &str) -> Result<ResolvedImage, ImageError> {
         let st = self.lock_state();
         let id = lookup(&st.meta, name_or_id)?;
