@@ -1051,6 +1051,9 @@ fn reap_stale() {
             if Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }
+            // What the dead run's containers left: shims, runc state,
+            // mounts, cgroups (its namespaces hold nothing else).
+            containers::cleanup_stale(&dir);
             if let Ok(names) = fs::read_to_string(dir.join("netns")) {
                 for name in names.lines().rev() {
                     netns::delete(name.trim());

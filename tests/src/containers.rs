@@ -292,6 +292,56 @@ fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What a test process that died left under its cluster dir `dir`
+/// (`/tmp/swarmnet-tests/<prefix>`): every runc state dir in it (a node's
+/// `run/runc`, a benchmark's own), then each node as [`cleanup_node`].
+pub fn cleanup_stale(dir: &Path) {
+    let Some(prefix) = dir.file_name().and_then(|p| p.to_str()) else {
+        return;
+    };
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("runc"))
+                && p.is_dir()
+            {
+                delete_runc_containers(&p);
+            }
+        }
+    }
+    for i in 1..=200 {
+        let node = dir.join(format!("node{i}"));
+        if !node.is_dir() {
+            break;
+        }
+        cleanup_node(&node, &format!("{CGROUP_ROOT}/{prefix}-n{i}"));
+    }
+    for m in mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn delete_runc_containers(root: &Path) {
+    for id in runc_containers(root) {
+        let out = run_timeout(
+            Command::new("runc")
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "--force", &id]),
+            Duration::from_secs(30),
+        );
+        if !out.status.success() {
+            let _ = writeln!(
+                io::stderr(),
+                "swarmnet-tests: runc delete {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+}
+
 /// Removes everything the containers of a node made, its agent already
 /// stopped: shims (killed by PID, ours only: their command line names the
 /// node's dir), runc containers, mounts under the node's dir, cgroups.
@@ -304,23 +354,7 @@ pub fn cleanup_node(dir: &Path, cgroup_parent: &str) {
             );
         }
     }
-    let root = dir.join("run").join("runc");
-    for id in runc_containers(&root) {
-        let out = run_timeout(
-            Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id]),
-            Duration::from_secs(30),
-        );
-        if !out.status.success() {
-            let _ = writeln!(
-                io::stderr(),
-                "swarmnet-tests: runc delete {id}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
+    delete_runc_containers(&dir.join("run").join("runc"));
     for m in mounts_under(dir) {
         if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
             eprintln!("swarmnet-tests: umount {}: {e}", m.display());
