@@ -160,6 +160,44 @@ fn run_streams_exit_codes_tty_and_stdin() {
         "{}",
         describe(&cat)
     );
+    // A container with a TTY: one stream, raw.
+    let tty_run = n.docker_ok(&[
+        "run",
+        "--rm",
+        "-t",
+        "busybox",
+        "sh",
+        "-c",
+        "tty; echo err >&2",
+    ]);
+    assert!(tty_run.starts_with("/dev/pts/"), "run -t: {tty_run:?}");
+    assert!(
+        tty_run.contains("err\r\n"),
+        "stderr joins stdout on a TTY: {tty_run:?}"
+    );
+    // docker logs --timestamps: RFC 3339 with nanoseconds, then the line.
+    let stamped = n.docker_ok(&["logs", "--timestamps", "box"]);
+    assert!(stamped.is_empty(), "sleep printed nothing: {stamped:?}");
+    n.docker_ok(&[
+        "run",
+        "--name",
+        "talker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; echo two >&2",
+    ]);
+    let stamped = n.docker_ok(&["logs", "--timestamps", "talker"]);
+    let first = stamped.lines().next().unwrap_or_default();
+    let (ts, rest) = first.split_once(' ').unwrap_or_default();
+    assert_eq!(rest, "one", "{stamped:?}");
+    assert!(
+        ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "timestamp {ts:?}"
+    );
+    let err_only = n.docker(&["logs", "talker"]);
+    assert_eq!(String::from_utf8_lossy(&err_only.stdout), "one\n");
+    assert_eq!(String::from_utf8_lossy(&err_only.stderr), "two\n");
     // docker wait reports the code of a container that exits on its own.
     n.docker_ok(&[
         "run",

@@ -149,3 +149,115 @@ fn python_sdk_forms_and_lists_three_nodes() {
         1
     );
 }
+
+/// docker-py runs containers: pull, run to completion, detached run,
+/// exec, logs, list by label, stop, remove, errors.
+#[test]
+fn python_sdk_runs_containers() {
+    let c = Cluster::builder(1).registry().build();
+    let n = c.node(1);
+    let out = run_timeout(
+        Command::new("python3")
+            .arg(py_script("containers.py"))
+            .arg(n.socket()),
+        Duration::from_secs(600),
+    );
+    assert!(
+        out.status.success(),
+        "containers.py failed ({}):\n{}\nagent log:\n{}",
+        out.status,
+        describe(&out),
+        n.log_tail(30)
+    );
+}
+
+/// bollard: create, start, wait, logs, remove.
+#[test]
+fn bollard_runs_a_container() {
+    use bollard::query_parameters::{
+        CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+        RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    };
+    use futures_util::StreamExt;
+
+    let c = Cluster::builder(1).registry().build();
+    let n = c.node(1);
+    let rt = rt();
+    let d = n.bollard();
+    rt.block_on(async {
+        let mut pull = d.create_image(
+            Some(
+                CreateImageOptionsBuilder::default()
+                    .from_image("busybox")
+                    .tag("latest")
+                    .build(),
+            ),
+            None,
+            None,
+        );
+        while let Some(p) = pull.next().await {
+            p.expect("pull progress");
+        }
+        let created = d
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name("bol").build()),
+                bollard::models::ContainerCreateBody {
+                    image: Some("busybox".into()),
+                    cmd: Some(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo via-bollard; exit 6".into(),
+                    ]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create");
+        d.start_container(
+            &created.id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .expect("start");
+        let mut wait = d.wait_container(
+            &created.id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        let mut code = None;
+        while let Some(w) = wait.next().await {
+            match w {
+                Ok(r) => code = Some(r.status_code),
+                // bollard reports a non-zero exit as an error carrying it.
+                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => {
+                    code = Some(c)
+                }
+                Err(e) => panic!("wait: {e}"),
+            }
+        }
+        assert_eq!(code, Some(6), "exit code through wait");
+        let mut logs = d.logs(
+            &created.id,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            ),
+        );
+        let mut text = String::new();
+        while let Some(l) = logs.next().await {
+            text.push_str(&l.expect("log").to_string());
+        }
+        assert_eq!(text, "via-bollard\n");
+        d.remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await
+        .expect("remove");
+    });
+}

@@ -10,9 +10,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use bollard_stubs::models::{
-    ExecConfig, ExecInspectResponse, ExecStartConfig, IdResponse, ProcessConfig,
-};
+use bollard_stubs::models::{ExecConfig, ExecInspectResponse, ExecStartConfig, ProcessConfig};
 use http_body_util::BodyExt;
 
 use super::{ApiError, hijack, json, json_body};
@@ -25,7 +23,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let config: ExecConfig = json_body(&body)?;
     let id = agent.runtime.exec_create(&id, config)?;
-    Ok(json(StatusCode::CREATED, &IdResponse { id }))
+    // bollard-stubs' IdResponse serialises as `id`; dockerd writes `Id`.
+    Ok(json(StatusCode::CREATED, &serde_json::json!({ "Id": id })))
 }
 
 pub async fn start(

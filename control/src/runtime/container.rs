@@ -307,10 +307,42 @@ pub fn check_host_config(h: &HostConfig) -> Result<(), CreateError> {
     {
         return unsupported("a per-container --runtime");
     }
+    if let Some(t) = h.log_config.as_ref().and_then(|l| l.typ.as_deref())
+        && !t.is_empty()
+        && t != "json-file"
+    {
+        return Err(CreateError::Invalid(format!(
+            "log driver {t} is not supported by swarmnet (json-file is)"
+        )));
+    }
     for b in h.binds.as_deref().unwrap_or_default() {
         parse_bind(b)?;
     }
     Ok(())
+}
+
+/// What dockerd fills in of a HostConfig the client left out (clients such
+/// as docker-py read them back: `LogConfig.Type` says whether logs can be
+/// read).
+pub fn host_config_defaults(mut h: HostConfig) -> HostConfig {
+    if h.network_mode.as_deref().is_none_or(str::is_empty) {
+        h.network_mode = Some("bridge".to_owned());
+    }
+    let log = h.log_config.get_or_insert_with(Default::default);
+    if log.typ.as_deref().is_none_or(str::is_empty) {
+        log.typ = Some("json-file".to_owned());
+    }
+    log.config.get_or_insert_with(Default::default);
+    let restart = h.restart_policy.get_or_insert_with(Default::default);
+    if restart
+        .name
+        .as_ref()
+        .is_none_or(|n| *n == bollard_stubs::models::RestartPolicyNameEnum::EMPTY)
+    {
+        restart.name = Some(bollard_stubs::models::RestartPolicyNameEnum::NO);
+    }
+    restart.maximum_retry_count.get_or_insert(0);
+    h
 }
 
 /// `-v /host:/ctr[:ro|rw]`: bind mounts of absolute host paths (named

@@ -409,14 +409,7 @@ impl Runtime {
             });
         }
         merged.image = Some(image_name.clone());
-        let mut host_config = host_config;
-        if host_config
-            .network_mode
-            .as_deref()
-            .is_none_or(str::is_empty)
-        {
-            host_config.network_mode = Some("bridge".to_owned());
-        }
+        let host_config = container::host_config_defaults(host_config);
         let rec = ContainerRecord {
             id: id.clone(),
             name: String::new(),
