@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub registry_mirrors: Vec<String>,
     pub insecure_registries: Vec<String>,
     pub runtime: crate::runtime::RuntimeConfig,
+    /// The interface of the underlay (overlay MTUs follow its MTU).
+    pub underlay_iface: Option<String>,
 }
 
 /// What a node remembers of its swarm membership.
@@ -193,6 +195,8 @@ pub struct Agent {
     pub images: Arc<ImageStore>,
     /// The node's containers (local, in a swarm or not).
     pub runtime: Arc<crate::runtime::Runtime>,
+    /// The overlay networks' kernel state on this node.
+    pub overlay: Arc<crate::overlay::Overlay>,
     /// Held for the whole of a transition (init, join, leave), so two
     /// never interleave. Lock order: `transition` before `active`.
     transition: Mutex<()>,
@@ -238,19 +242,26 @@ impl Agent {
             )
             .map_err(AgentError::Images)?,
         );
-        let runtime = crate::runtime::Runtime::open(cfg.runtime.clone(), images.clone())
-            .await
-            .map_err(AgentError::Runtime)?;
+        let overlay = crate::overlay::Overlay::new(cfg.underlay_iface.clone());
+        let runtime =
+            crate::runtime::Runtime::open(cfg.runtime.clone(), images.clone(), overlay.clone())
+                .await
+                .map_err(AgentError::Runtime)?;
         let agent = Arc::new(Self {
             cfg,
             metrics,
             images,
             runtime,
+            overlay,
             transition: Mutex::new(()),
             active: RwLock::new(None),
             engine_id,
             switching: std::sync::atomic::AtomicBool::new(false),
         });
+        agent
+            .runtime
+            .set_cluster(Arc::new(AgentNetworks(Arc::downgrade(&agent))));
+        agent.overlay.spawn();
         if let Some(local) = local {
             info!(node = %local.node_id, manager = local.manager, "resuming swarm membership");
             let active = agent
@@ -259,6 +270,7 @@ impl Agent {
                 .map_err(AgentError::Resume)?;
             *agent.active.write().await = Some(active);
         }
+        agent.runtime.restore_all().await;
         Ok(agent)
     }
 
@@ -270,6 +282,86 @@ impl Agent {
     /// The containers of this node and the images they use.
     pub fn image_users(&self) -> Vec<ImageUser> {
         self.runtime.image_users()
+    }
+
+    /// An overlay network for a container on this node: a manager answers
+    /// from its store (and allocates the address through Raft); a worker
+    /// asks a manager.
+    pub async fn attach_network(
+        &self,
+        network: &str,
+        container_id: &str,
+        allocate: bool,
+    ) -> Result<crate::overlay::Attachment, ApiError> {
+        let active = self
+            .active()
+            .await
+            .ok_or_else(|| ApiError::NotFound(format!("network {network} not found")))?;
+        if let Some(store) = &active.store {
+            return attach_on_manager(store, &active.local.node_id, network, container_id, allocate)
+                .await
+                .map_err(|(kind, message)| remote_error(kind, message));
+        }
+        let req = mgmt::Request::AttachNetwork {
+            network: network.to_owned(),
+            container_id: container_id.to_owned(),
+            allocate,
+        };
+        match self.ask_managers(&active, &req).await? {
+            Response::Attached(a) => Ok(*a),
+            _ => Err(ApiError::Internal(
+                "unexpected answer to a network attach".into(),
+            )),
+        }
+    }
+
+    /// Gives back a container's address on a network.
+    pub async fn detach_network(&self, network_id: &str, container_id: &str) -> Result<(), ApiError> {
+        let Some(active) = self.active().await else {
+            return Ok(());
+        };
+        if let Some(store) = &active.store {
+            store
+                .write(Command::ReleaseAddress {
+                    network_id: network_id.to_owned(),
+                    container_id: container_id.to_owned(),
+                })
+                .await?;
+            return Ok(());
+        }
+        let req = mgmt::Request::DetachNetwork {
+            network_id: network_id.to_owned(),
+            container_id: container_id.to_owned(),
+        };
+        self.ask_managers(&active, &req).await.map(|_| ())
+    }
+
+    /// A request to the managers this worker knows, in turn, until one
+    /// answers; a refusal is the answer.
+    async fn ask_managers(&self, active: &Active, req: &mgmt::Request) -> Result<Response, ApiError> {
+        let managers = active
+            .managers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut last = None;
+        for m in managers.iter().filter(|m| m.node_id != active.local.node_id) {
+            match mgmt::call_authenticated(&m.addr, &active.local.identity, req, Duration::from_secs(15))
+                .await
+            {
+                Ok(Response::Error { kind, message }) => return Err(remote_error(kind, message)),
+                Ok(r) => return Ok(r),
+                Err(MgmtError::Remote { kind, message }) => return Err(remote_error(kind, message)),
+                Err(e) => {
+                    warn!(manager = %m.addr, error = %e, "ask a manager");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => ApiError::Unavailable(format!("no manager answered: {e}")),
+            None => ApiError::Unavailable("this node knows no manager".into()),
+        })
     }
 
     pub async fn active(&self) -> Option<Arc<Active>> {
@@ -305,6 +397,11 @@ impl Agent {
         let managers = Arc::new(std::sync::RwLock::new(local.managers.clone()));
         match self.start_parts(&local, boot, &cancel, &managers).await {
             Ok((store, gossip)) => {
+                if let IpAddr::V4(vtep) = local.advertise_addr {
+                    self.overlay
+                        .set_node(Some((vtep, gossip.endpoints.clone())))
+                        .await;
+                }
                 *self.metrics.raft.lock().unwrap_or_else(|e| e.into_inner()) = store.clone();
                 Ok(Arc::new(Active {
                     local,
@@ -834,6 +931,7 @@ impl Agent {
                 "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.".into(),
             ));
         }
+        self.overlay.set_node(None).await;
         active.gossip.leave().await;
         active.stop().await;
         *self.metrics.raft.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -893,6 +991,122 @@ fn engine_id(data_dir: &Path) -> std::io::Result<String> {
             Ok(id)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The runtime's way to the swarm's networks: this agent.
+struct AgentNetworks(std::sync::Weak<Agent>);
+
+impl crate::runtime::Cluster for AgentNetworks {
+    fn attach<'a>(
+        &'a self,
+        network: &'a str,
+        container_id: &'a str,
+        allocate: bool,
+    ) -> crate::runtime::BoxFuture<'a, Result<crate::overlay::Attachment, crate::runtime::RuntimeError>>
+    {
+        Box::pin(async move {
+            let agent = self
+                .0
+                .upgrade()
+                .ok_or_else(|| crate::runtime::RuntimeError::Internal("the agent stopped".into()))?;
+            agent
+                .attach_network(network, container_id, allocate)
+                .await
+                .map_err(runtime_error)
+        })
+    }
+
+    fn detach<'a>(&'a self, network_id: &'a str, container_id: &'a str) -> crate::runtime::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(agent) = self.0.upgrade() else {
+                return;
+            };
+            if let Err(e) = agent.detach_network(network_id, container_id).await {
+                warn!(network = %network_id, error = %e, "give back an overlay address");
+            }
+        })
+    }
+}
+
+fn runtime_error(e: ApiError) -> crate::runtime::RuntimeError {
+    use crate::runtime::RuntimeError as R;
+    match e {
+        ApiError::NotFound(m) => R::NotFound(m),
+        ApiError::Forbidden(m) => R::Forbidden(m),
+        ApiError::BadRequest(m) => R::Invalid(m),
+        ApiError::Conflict(m) => R::Conflict(m),
+        ApiError::Unavailable(m) | ApiError::Internal(m) => R::Internal(m),
+    }
+}
+
+/// A manager's answer to a network attach, from its store.
+async fn attach_on_manager(
+    store: &Store,
+    node_id: &str,
+    network: &str,
+    container_id: &str,
+    allocate: bool,
+) -> Result<crate::overlay::Attachment, (ErrorKind, String)> {
+    let found = store.read(|s| {
+        let n = s.find_network(network)?.clone();
+        let port = s
+            .cluster
+            .as_ref()
+            .map_or(DEFAULT_DATA_PATH_PORT, |c| c.data_path_port);
+        Some((n, port))
+    });
+    let Some((net, port)) = found else {
+        return Err((ErrorKind::NotFound, format!("network {network} not found")));
+    };
+    if !net.attachable {
+        return Err((
+            ErrorKind::PermissionDenied,
+            format!(
+                "Could not attach to network {network}: network {} not manually attachable",
+                net.name
+            ),
+        ));
+    }
+    let ip = if allocate {
+        store
+            .write(Command::AllocateAddress {
+                network_id: net.id.clone(),
+                holder: crate::store::networks::Holder {
+                    node_id: node_id.to_owned(),
+                    container_id: container_id.to_owned(),
+                },
+            })
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Command(c) => (ErrorKind::InvalidArgument, c.to_string()),
+                other => (ErrorKind::Unavailable, other.to_string()),
+            })?;
+        store
+            .read(|s| s.network(&net.id).and_then(|n| n.address_of(container_id)))
+            .ok_or_else(|| (ErrorKind::Internal, "the address was not recorded".to_owned()))?
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    Ok(crate::overlay::Attachment {
+        network_id: net.id.clone(),
+        name: net.name.clone(),
+        subnet: net.subnet,
+        gateway: net.gateway,
+        vni: net.vni,
+        mtu: net.mtu(),
+        ip,
+        data_path_port: u16::try_from(port).unwrap_or(4789),
+    })
+}
+
+fn remote_error(kind: ErrorKind, message: String) -> ApiError {
+    match kind {
+        ErrorKind::InvalidArgument => ApiError::BadRequest(message),
+        ErrorKind::PermissionDenied => ApiError::Forbidden(message),
+        ErrorKind::NotFound => ApiError::NotFound(message),
+        ErrorKind::Unavailable => ApiError::Unavailable(message),
+        ErrorKind::Internal => ApiError::Internal(message),
     }
 }
 
@@ -1106,6 +1320,46 @@ impl mgmt::Handler for ManagerHandler {
                     );
                 };
                 self.renew(&node_id, &csr_der)
+            }
+            mgmt::Request::AttachNetwork {
+                network,
+                container_id,
+                allocate,
+            } => {
+                let Some((node_id, _)) = caller else {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                };
+                match attach_on_manager(&self.store, &node_id, &network, &container_id, allocate)
+                    .await
+                {
+                    Ok(a) => Response::Attached(Box::new(a)),
+                    Err((kind, message)) => Response::error(kind, message),
+                }
+            }
+            mgmt::Request::DetachNetwork {
+                network_id,
+                container_id,
+            } => {
+                if caller.is_none() {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                }
+                match self
+                    .store
+                    .write(Command::ReleaseAddress {
+                        network_id,
+                        container_id,
+                    })
+                    .await
+                {
+                    Ok(_) => Response::Ok,
+                    Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
+                }
             }
             mgmt::Request::Raft(_)
             | mgmt::Request::Write(_)

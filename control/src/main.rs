@@ -12,6 +12,7 @@ mod gossip;
 mod images;
 mod metrics;
 mod mgmt;
+mod overlay;
 mod pki;
 mod runtime;
 mod store;
@@ -177,6 +178,10 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
             mtu: args.mtu,
             self_exe: std::env::current_exe().context("this binary's path")?,
         },
+        underlay_iface: args
+            .underlay_iface
+            .clone()
+            .or_else(|| args.advertise_addr.and_then(util::interface_with_addr)),
     };
     let agent = agent::Agent::start(cfg, metrics.clone())
         .await

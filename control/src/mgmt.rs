@@ -53,6 +53,19 @@ pub enum Request {
     Renew {
         csr_der: Vec<u8>,
     },
+    /// A node puts a container on an overlay network: the network, and
+    /// (with `allocate`) an address for the container, held for the
+    /// calling node.
+    AttachNetwork {
+        network: String,
+        container_id: String,
+        allocate: bool,
+    },
+    /// The container no longer holds its address on the network.
+    DetachNetwork {
+        network_id: String,
+        container_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,6 +112,7 @@ pub enum ErrorKind {
     PermissionDenied,
     Unavailable,
     Internal,
+    NotFound,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,6 +130,7 @@ pub enum Response {
         manager: bool,
         managers: Vec<ManagerPeer>,
     },
+    Attached(Box<crate::overlay::Attachment>),
     Error {
         kind: ErrorKind,
         message: String,

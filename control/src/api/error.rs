@@ -23,6 +23,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,7 +79,11 @@ impl From<CommandError> for ApiError {
             CommandError::NoSuchNode(_) => ApiError::NotFound(msg),
             CommandError::AlreadyInitialized => ApiError::Unavailable(ALREADY_IN_SWARM.into()),
             CommandError::NotInitialized => ApiError::Unavailable(NOT_IN_SWARM.into()),
-            CommandError::NodeExists(_) => ApiError::Conflict(msg),
+            CommandError::NodeExists(_) | CommandError::NetworkExists(_) => {
+                ApiError::Conflict(msg)
+            }
+            CommandError::NoSuchNetwork(_) => ApiError::NotFound(msg),
+            CommandError::NetworkInUse(_) => ApiError::Forbidden(msg),
             // swarmkit answers this with gRPC Unknown, which dockerd turns into a 500.
             CommandError::OutOfSequence => ApiError::Internal(msg),
             CommandError::NodeNotDown(_)
@@ -115,6 +122,7 @@ impl From<RuntimeError> for ApiError {
             | RuntimeError::NotFound(_) => ApiError::NotFound(msg),
             RuntimeError::Invalid(_) | RuntimeError::Oci(_) => ApiError::BadRequest(msg),
             RuntimeError::Conflict(_) => ApiError::Conflict(msg),
+            RuntimeError::Forbidden(_) => ApiError::Forbidden(msg),
             RuntimeError::Image(i) => i.into(),
             RuntimeError::NotModified => ApiError::Internal("not modified".into()),
             e @ (RuntimeError::Io { .. } | RuntimeError::Net(_)) => {

@@ -8,6 +8,7 @@ pub mod error;
 mod exec;
 mod filters;
 mod hijack;
+mod networks;
 mod images;
 mod nodes;
 mod swarm;
@@ -54,6 +55,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/images/{*rest}",
             get(images::get).post(images::post).delete(images::remove),
         )
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/{id}", delete(containers::remove))

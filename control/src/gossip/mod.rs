@@ -4,7 +4,13 @@
 //!
 //! The view other parts read is [`Gossip::members`]: for every node ID the
 //! newest identity foca knows and whether it is up.
+//!
+//! The same port carries the overlay networks' endpoint tables
+//! ([`table`]): every sealed payload starts with a kind byte, foca's
+//! datagrams or table messages, and the table runs in a task of its own
+//! ([`Endpoints`]).
 
+pub mod table;
 pub mod wire;
 
 use std::{
@@ -85,6 +91,13 @@ pub struct GossipConfig {
 
 /// The cluster size foca starts configured for.
 const INITIAL_SIZE: u32 = 3;
+/// The first byte of every sealed payload.
+const KIND_FOCA: u8 = 0;
+const KIND_TABLE: u8 = 1;
+/// How often the table looks for members SWIM declared dead.
+const TABLE_WATCH: Duration = Duration::from_millis(250);
+/// How often a node sends its networks and all its records.
+const TABLE_SYNC: Duration = Duration::from_secs(3);
 
 enum Input {
     Data(Vec<u8>),
@@ -97,6 +110,54 @@ enum Input {
 pub struct Gossip {
     tx: mpsc::Sender<Input>,
     view: Arc<RwLock<HashMap<String, MemberView>>>,
+    pub endpoints: Endpoints,
+}
+
+/// What the table tells the rest of the agent: other nodes' endpoints and
+/// the nodes on each network.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableView {
+    pub remote: std::collections::BTreeMap<String, Vec<table::RemoteEndpoint>>,
+    pub peers: std::collections::BTreeMap<String, Vec<(String, Option<std::net::Ipv4Addr>)>>,
+}
+
+enum TableInput {
+    Local {
+        network: String,
+        key: String,
+        value: Option<table::Endpoint>,
+    },
+    Message(table::Message),
+}
+
+/// The handle on this node's endpoint tables.
+#[derive(Clone)]
+pub struct Endpoints {
+    tx: mpsc::Sender<TableInput>,
+    view: tokio::sync::watch::Receiver<Arc<TableView>>,
+}
+
+impl Endpoints {
+    /// This node's endpoint `key` on `network` is `value` (`None`: gone).
+    pub async fn set(&self, network: &str, key: &str, value: Option<table::Endpoint>) {
+        let _ = self
+            .tx
+            .send(TableInput::Local {
+                network: network.to_owned(),
+                key: key.to_owned(),
+                value,
+            })
+            .await;
+    }
+
+    pub fn view(&self) -> Arc<TableView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the view.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<TableView>> {
+        self.view.clone()
+    }
 }
 
 /// Tuned for fast failure detection on a LAN: a dead member is suspected
@@ -137,6 +198,7 @@ impl Gossip {
             })?;
         let socket = Arc::new(socket);
         let (tx, rx) = mpsc::channel(1024);
+        let (table_tx, table_rx) = mpsc::channel(4096);
         let view = Arc::new(RwLock::new(HashMap::new()));
         let sender_id: u64 = rand::random();
         let me = MemberId {
@@ -155,6 +217,7 @@ impl Gossip {
         {
             let socket = socket.clone();
             let tx = tx.clone();
+            let table_tx = table_tx.clone();
             let metrics = metrics.clone();
             let cancel = cancel.clone();
             let mut opener = wire::Opener::new(&cfg.key);
@@ -173,11 +236,28 @@ impl Gossip {
                     };
                     metrics.gossip_received.inc();
                     match opener.open(&buf[..n], unix_nanos()) {
-                        Ok(payload) => {
-                            if tx.send(Input::Data(payload)).await.is_err() {
-                                return;
+                        Ok(payload) => match payload.split_first() {
+                            Some((&KIND_FOCA, data)) => {
+                                if tx.send(Input::Data(data.to_vec())).await.is_err() {
+                                    return;
+                                }
                             }
-                        }
+                            Some((&KIND_TABLE, data)) => {
+                                match postcard::from_bytes::<table::Message>(data) {
+                                    Ok(m) => {
+                                        let _ = table_tx.try_send(TableInput::Message(m));
+                                    }
+                                    Err(_) => {
+                                        metrics.gossip_drop("malformed");
+                                        debug!(%from, "undecodable table message dropped");
+                                    }
+                                }
+                            }
+                            _ => {
+                                metrics.gossip_drop("malformed");
+                                debug!(%from, "gossip payload of unknown kind dropped");
+                            }
+                        },
                         Err(reason) => {
                             metrics.gossip_drop(reason.label());
                             debug!(%from, %reason, "gossip datagram dropped");
@@ -189,18 +269,40 @@ impl Gossip {
         let driver = Driver {
             foca,
             runtime: foca::AccumulatingRuntime::new(),
-            socket,
+            socket: socket.clone(),
             sealer: wire::Sealer::new(&cfg.key, sender_id),
             tx: tx.clone(),
             view: view.clone(),
-            metrics,
+            metrics: metrics.clone(),
             sized_for: INITIAL_SIZE,
         };
+        let vtep = match cfg.advertise.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(TableView::default()));
+        let tables = TableDriver {
+            table: table::Table::new(&cfg.node_id, vtep),
+            me: cfg.node_id.clone(),
+            socket: socket.clone(),
+            sealer: wire::Sealer::new(&cfg.key, rand::random()),
+            members: view.clone(),
+            published: view_tx,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(tables.run(table_rx, cancel.clone()));
         tokio::spawn(driver.run(rx, cancel));
         for seed in cfg.seeds {
             let _ = tx.send(Input::Announce(seed)).await;
         }
-        Ok(Self { tx, view })
+        Ok(Self {
+            tx,
+            view,
+            endpoints: Endpoints {
+                tx: table_tx,
+                view: view_rx,
+            },
+        })
     }
 
     /// Every member foca knows of, by node ID, newest identity first.
@@ -268,7 +370,10 @@ impl Driver {
 
     async fn drain(&mut self) {
         while let Some((to, data)) = self.runtime.to_send() {
-            let sealed = self.sealer.seal(&data, unix_nanos());
+            let mut payload = Vec::with_capacity(data.len() + 1);
+            payload.push(KIND_FOCA);
+            payload.extend_from_slice(&data);
+            let sealed = self.sealer.seal(&payload, unix_nanos());
             if let Err(error) = self.socket.send_to(&sealed, to.addr).await {
                 debug!(to = ?to, %error, "gossip send");
             }
@@ -328,6 +433,116 @@ impl Driver {
         }
         let view: HashMap<_, _> = best.into_iter().map(|(k, (_, v))| (k, v)).collect();
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+/// Runs the endpoint table: local changes and messages in, messages out
+/// (addressed by node ID, sent to the member's gossip address), the dead
+/// purged, the view published.
+struct TableDriver {
+    table: table::Table,
+    me: String,
+    socket: Arc<UdpSocket>,
+    sealer: wire::Sealer,
+    members: Arc<RwLock<HashMap<String, MemberView>>>,
+    published: tokio::sync::watch::Sender<Arc<TableView>>,
+    metrics: Arc<Metrics>,
+}
+
+impl TableDriver {
+    fn live(&self) -> Vec<String> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        members
+            .iter()
+            .filter(|(_, v)| v.up)
+            .map(|(id, _)| id.clone())
+            .chain(std::iter::once(self.me.clone()))
+            .collect()
+    }
+
+    async fn send(&mut self, outs: Vec<table::Out>) {
+        if outs.is_empty() {
+            return;
+        }
+        let addrs: HashMap<String, SocketAddr> = {
+            let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+            members
+                .iter()
+                .filter(|(_, v)| v.up)
+                .map(|(id, v)| (id.clone(), v.addr))
+                .collect()
+        };
+        for out in outs {
+            let Ok(body) = postcard::to_allocvec(&out.msg) else {
+                continue;
+            };
+            let mut payload = Vec::with_capacity(body.len() + 1);
+            payload.push(KIND_TABLE);
+            payload.extend_from_slice(&body);
+            for to in &out.to {
+                let Some(addr) = addrs.get(to) else {
+                    continue;
+                };
+                let sealed = self.sealer.seal(&payload, unix_nanos());
+                if let Err(error) = self.socket.send_to(&sealed, addr).await {
+                    debug!(%addr, %error, "table send");
+                }
+                self.metrics.gossip_sent.inc();
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut v = TableView::default();
+        for network in self.table.my_networks() {
+            v.remote
+                .insert(network.clone(), self.table.remote_endpoints(&network));
+            v.peers.insert(network.clone(), self.table.peers(&network));
+        }
+        self.published.send_if_modified(|cur| {
+            if **cur == v {
+                false
+            } else {
+                *cur = Arc::new(v);
+                true
+            }
+        });
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<TableInput>, cancel: CancellationToken) {
+        let mut watch = tokio::time::interval(TABLE_WATCH);
+        let mut sync = tokio::time::interval(TABLE_SYNC);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                input = rx.recv() => match input {
+                    None => return,
+                    Some(TableInput::Local { network, key, value }) => {
+                        let live = self.live();
+                        let outs = self.table.set_local(&network, &key, value, &live, unix_nanos());
+                        self.send(outs).await;
+                    }
+                    Some(TableInput::Message(m)) => {
+                        let (outs, _) = self.table.receive(m, unix_nanos());
+                        self.send(outs).await;
+                    }
+                },
+                _ = watch.tick() => {
+                    let live = self.live();
+                    for owner in self.table.owners() {
+                        if !live.contains(&owner) && self.table.node_down(&owner) {
+                            info!(node = %owner, "endpoints of a dead node removed");
+                        }
+                    }
+                }
+                _ = sync.tick() => {
+                    let live = self.live();
+                    let outs = self.table.sync(&live, unix_nanos());
+                    self.send(outs).await;
+                }
+            }
+            self.publish();
+        }
     }
 }
 

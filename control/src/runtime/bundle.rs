@@ -22,6 +22,7 @@ impl Runtime {
         rootfs: &Rootfs,
         net: spec::NetNamespace,
         ep: Option<&BridgeEndpoint>,
+        overlays: &[crate::overlay::OverlayEndpoint],
     ) -> Result<oci_spec::runtime::Spec, RuntimeError> {
         let c = &rec.config;
         let hostname = c.hostname.clone().unwrap_or_default();
@@ -45,7 +46,7 @@ impl Runtime {
                 std::fs::create_dir_all(&p).map_err(io_err(format!("create working dir {cwd}")))?;
             }
         }
-        let etc = self.write_etc_files(rec, dir, ep, net == spec::NetNamespace::Host)?;
+        let etc = self.write_etc_files(rec, dir, ep, overlays, net == spec::NetNamespace::Host)?;
         let h = &rec.host_config;
         let tty = c.tty.unwrap_or(false);
         let binds = h
@@ -101,6 +102,7 @@ impl Runtime {
         rec: &ContainerRecord,
         dir: &Path,
         ep: Option<&BridgeEndpoint>,
+        overlays: &[crate::overlay::OverlayEndpoint],
         host_net: bool,
     ) -> Result<Vec<(PathBuf, &'static str)>, RuntimeError> {
         let hostname = rec.config.hostname.clone().unwrap_or_default();
@@ -114,6 +116,9 @@ impl Runtime {
         }
         if let Some(ep) = ep {
             hosts.push_str(&format!("{}\t{hostname}\n", ep.ip));
+        }
+        for o in overlays {
+            hosts.push_str(&format!("{}\t{hostname}\n", o.ip));
         }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolv = resolv_conf(&host_resolv, &rec.host_config, host_net);

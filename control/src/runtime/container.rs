@@ -73,6 +73,8 @@ pub enum NetMode {
     Bridge,
     Host,
     None,
+    /// A swarm's overlay network (the record's `networks[0]`).
+    Overlay,
 }
 
 impl NetMode {
@@ -94,6 +96,7 @@ impl NetMode {
             NetMode::Bridge => "bridge",
             NetMode::Host => "host",
             NetMode::None => "none",
+            NetMode::Overlay => "overlay",
         }
     }
 }
@@ -133,6 +136,20 @@ pub struct ContainerRecord {
     pub endpoint: Option<BridgeEndpoint>,
     #[serde(default)]
     pub restart_count: i64,
+    /// The overlay networks it is on (connected to, or its `--network`),
+    /// in the order of their interfaces.
+    #[serde(default)]
+    pub networks: Vec<NetworkRef>,
+    /// Its endpoints on them while it runs.
+    #[serde(default)]
+    pub overlays: Vec<crate::overlay::OverlayEndpoint>,
+}
+
+/// An overlay network a container is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRef {
+    pub id: String,
+    pub name: String,
 }
 
 impl ContainerRecord {

@@ -69,6 +69,23 @@ pub const DEFAULT_STOP_TIMEOUT: i64 = 10;
 /// How long the agent waits for a shim to report `runc create`.
 const SHIM_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the engine needs of the swarm for overlay networks (the agent
+/// answers: from its store on a manager, by asking one on a worker).
+pub trait Cluster: Send + Sync {
+    /// Checks that `network` can take the container and, with `allocate`,
+    /// gives it an address there.
+    fn attach<'a>(
+        &'a self,
+        network: &'a str,
+        container_id: &'a str,
+        allocate: bool,
+    ) -> BoxFuture<'a, Result<crate::overlay::Attachment, RuntimeError>>;
+    /// Gives the address back.
+    fn detach<'a>(&'a self, network_id: &'a str, container_id: &'a str) -> BoxFuture<'a, ()>;
+}
+
 /// Settings of the engine (the agent's command line, typed).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -95,6 +112,8 @@ pub enum RuntimeError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// Docker's 304: nothing to do (start a running container, ...).
     #[error("not modified")]
     NotModified,
@@ -187,6 +206,8 @@ pub struct Runtime {
     pub(crate) execs: exec::Execs,
     /// The terminals of running `exec -t` processes (for resize).
     exec_terminals: Mutex<std::collections::HashMap<String, std::fs::File>>,
+    overlay: Arc<crate::overlay::Overlay>,
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
 }
 
 impl Runtime {
@@ -195,6 +216,7 @@ impl Runtime {
     pub async fn open(
         cfg: RuntimeConfig,
         images: Arc<ImageStore>,
+        overlay: Arc<crate::overlay::Overlay>,
     ) -> Result<Arc<Self>, RuntimeError> {
         let ipam = ipam::BridgeIpam::from_bip(&cfg.bip)
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
@@ -218,6 +240,8 @@ impl Runtime {
             containers: Mutex::new(BTreeMap::new()),
             execs: exec::Execs::default(),
             exec_terminals: Mutex::new(std::collections::HashMap::new()),
+            overlay,
+            cluster: std::sync::OnceLock::new(),
         });
         let entries = std::fs::read_dir(&rt.cfg.data_dir)
             .map_err(io_err(format!("read {}", rt.cfg.data_dir.display())))?;
@@ -235,13 +259,46 @@ impl Runtime {
             };
             let c = Container::new(rec);
             rt.lock().insert(c.id.clone(), c.clone());
-            rt.restore(c).await;
         }
         Ok(rt)
     }
 
+    /// Live restore, once the agent can reach its swarm: running
+    /// containers whose shims answer are watched (and their endpoints
+    /// announced) again; the others get their recorded exit.
+    pub async fn restore_all(self: &Arc<Self>) {
+        for c in self.list() {
+            self.restore(c).await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives the engine its way to the swarm's networks (the agent, once
+    /// it exists).
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The `bridge` network: its subnet and gateway.
+    pub fn bridge_net(&self) -> (ipnet::Ipv4Net, std::net::Ipv4Addr) {
+        (self.bridge.subnet(), self.bridge.gateway())
+    }
+
+    pub fn bridge_name(&self) -> &str {
+        &self.cfg.bridge_name
+    }
+
+    pub fn bridge_mtu(&self) -> u32 {
+        self.cfg.mtu
+    }
+
+    fn cluster(&self) -> Result<&Arc<dyn Cluster>, RuntimeError> {
+        self.cluster
+            .get()
+            .ok_or_else(|| RuntimeError::Internal("no swarm networks yet".into()))
     }
 
     /// After an agent restart: a running container whose shim answers is
@@ -260,6 +317,9 @@ impl Runtime {
                         );
                         if let Some(ep) = &rec.endpoint {
                             self.bridge.reserve(ep.ip);
+                        }
+                        for ep in &rec.overlays {
+                            self.overlay.adopt(&rec.id, &rec.name, ep).await;
                         }
                         tokio::spawn(self.clone().monitor(c, stream));
                     }
@@ -381,7 +441,22 @@ impl Runtime {
             None => None,
         };
         container::check_host_config(&host_config)?;
-        let net_mode = NetMode::parse(host_config.network_mode.as_deref())?;
+        let id = self.new_id();
+        let (net_mode, networks) = match NetMode::parse(host_config.network_mode.as_deref()) {
+            Ok(m) => (m, Vec::new()),
+            Err(CreateError::NoSuchNetwork(net)) => {
+                // A swarm network: it must exist and take containers.
+                let att = self.cluster()?.attach(&net, &id, false).await?;
+                (
+                    NetMode::Overlay,
+                    vec![container::NetworkRef {
+                        id: att.network_id,
+                        name: att.name,
+                    }],
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
         let image = self.images.resolve(&image_name)?;
         let defaults = bundle::image_defaults(&image.config);
         let (mut merged, path, args) = container::merge(config, &defaults)?;
@@ -397,7 +472,6 @@ impl Runtime {
         if host_config.oom_kill_disable.unwrap_or(false) {
             warnings.push("OOM killer disable is not supported; ignored".to_owned());
         }
-        let id = self.new_id();
         if merged.hostname.as_deref().is_none_or(str::is_empty) {
             merged.hostname = Some(if net_mode == NetMode::Host {
                 nix::unistd::gethostname()
@@ -424,6 +498,8 @@ impl Runtime {
             state: RunState::default(),
             endpoint: None,
             restart_count: 0,
+            networks,
+            overlays: Vec::new(),
         };
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
@@ -537,13 +613,15 @@ impl Runtime {
             rt: self.clone(),
             id: rec.id.clone(),
             endpoint: None,
+            overlays: Vec::new(),
+            addresses: Vec::new(),
             armed: true,
         };
         // The network namespace and the bridge endpoint.
         let ns = self.netns_path(&rec.id);
         let net = match rec.net_mode {
             NetMode::Host => spec::NetNamespace::Host,
-            NetMode::None | NetMode::Bridge => {
+            NetMode::None | NetMode::Bridge | NetMode::Overlay => {
                 net::create_netns(&ns)?;
                 spec::NetNamespace::Path(ns.clone())
             }
@@ -555,7 +633,14 @@ impl Runtime {
         } else {
             None
         };
-        let bundle_spec = self.bundle_spec(rec, &dir, &rootfs, net, endpoint.as_ref())?;
+        // Overlay networks: an address from the swarm, then the veth.
+        let first_if = usize::from(rec.net_mode == NetMode::Bridge);
+        for (i, n) in rec.networks.iter().enumerate() {
+            let ep = self.join_overlay(&mut cleanup, rec, &n.id, &ns, i + first_if).await?;
+            cleanup.overlays.push(ep);
+        }
+        let overlays = cleanup.overlays.clone();
+        let bundle_spec = self.bundle_spec(rec, &dir, &rootfs, net, endpoint.as_ref(), &overlays)?;
         let spec_bytes = serde_json::to_vec_pretty(&bundle_spec)
             .map_err(|e| RuntimeError::Internal(format!("encode config.json: {e}")))?;
         std::fs::write(dir.join("config.json"), spec_bytes).map_err(io_err("write config.json"))?;
@@ -654,6 +739,7 @@ impl Runtime {
                 error: String::new(),
             };
             r.endpoint = endpoint;
+            r.overlays = overlays;
         });
         // Clients that attached while the start was under way.
         let late: Vec<attach::Pending> =
@@ -665,6 +751,25 @@ impl Runtime {
         tokio::spawn(self.clone().monitor(c.clone(), monitor));
         info!(id = rec.short_id(), pid, "container started");
         Ok(())
+    }
+
+    /// Puts a starting (or running) container on an overlay network as its
+    /// interface `eth{index}`.
+    async fn join_overlay(
+        &self,
+        cleanup: &mut Cleanup,
+        rec: &ContainerRecord,
+        network: &str,
+        ns: &std::path::Path,
+        index: usize,
+    ) -> Result<crate::overlay::OverlayEndpoint, RuntimeError> {
+        let att = self.cluster()?.attach(network, &rec.id, true).await?;
+        cleanup.addresses.push(att.network_id.clone());
+        let host_veth = format!("vo{}{}", &rec.id[..7], index);
+        self.overlay
+            .join(&att, ns, &format!("eth{index}"), &host_veth, &rec.id, &rec.name)
+            .await
+            .map_err(|e| RuntimeError::Internal(crate::error_chain(&e)))
     }
 
     /// Watches a running container through its shim until it exits.
@@ -705,13 +810,25 @@ impl Runtime {
     }
 
     /// Everything a stopped container no longer needs: runc's state, the
-    /// rootfs mount, the network namespace and endpoint.
-    async fn teardown(&self, id: &str, endpoint: Option<&BridgeEndpoint>) {
+    /// rootfs mount, the network namespace and its endpoints (on the
+    /// bridge; on overlay networks, whose addresses go back to the swarm).
+    async fn teardown(
+        &self,
+        id: &str,
+        endpoint: Option<&BridgeEndpoint>,
+        overlays: &[crate::overlay::OverlayEndpoint],
+    ) {
         if let Err(e) = self.runc_cmd(self.runc.delete_args(id)).await {
             warn!(id = container::short(id), error = %e, "runc delete");
         }
         if let Some(ep) = endpoint {
             self.bridge.detach(ep).await;
+        }
+        for ep in overlays {
+            self.overlay.leave(id, ep).await;
+            if let Ok(cluster) = self.cluster() {
+                cluster.detach(&ep.network_id, id).await;
+            }
         }
         net::remove_netns(&self.netns_path(id));
         if let Err(e) = Rootfs::in_dir(&self.dir(id)).unmount() {
@@ -721,7 +838,8 @@ impl Runtime {
 
     async fn exited(self: &Arc<Self>, c: &Arc<Container>, exit: ExitInfo) {
         let rec = c.record();
-        self.teardown(&rec.id, rec.endpoint.as_ref()).await;
+        self.teardown(&rec.id, rec.endpoint.as_ref(), &rec.overlays)
+            .await;
         c.update(|r| {
             r.state.status = Status::Exited;
             r.state.pid = 0;
@@ -731,6 +849,7 @@ impl Runtime {
                 r.state.error = e.clone();
             }
             r.endpoint = None;
+            r.overlays.clear();
         });
         c.exits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         c.changed.send_modify(|v| *v += 1);
@@ -909,6 +1028,132 @@ impl Runtime {
         self.save(&c)
     }
 
+    /// `POST /networks/{id}/connect`: the container joins an overlay
+    /// network, at once if it runs (a new interface), else at its start.
+    pub async fn connect(self: &Arc<Self>, name_or_id: &str, network: &str) -> Result<(), RuntimeError> {
+        let c = self.get(name_or_id)?;
+        let _op = c.op.lock().await;
+        let rec = c.record();
+        if rec.net_mode == NetMode::Host {
+            return Err(RuntimeError::Invalid(
+                "container sharing network namespace with host can not be connected to a network"
+                    .to_owned(),
+            ));
+        }
+        let att = self.cluster()?.attach(network, &rec.id, false).await?;
+        if rec.networks.iter().any(|n| n.id == att.network_id) {
+            return Err(RuntimeError::Forbidden(format!(
+                "endpoint with name {} already exists in network {}",
+                rec.name, att.name
+            )));
+        }
+        let nref = container::NetworkRef {
+            id: att.network_id.clone(),
+            name: att.name.clone(),
+        };
+        if rec.state.status.is_running() {
+            let used: Vec<String> = rec
+                .overlays
+                .iter()
+                .map(|o| o.ifname.clone())
+                .chain(rec.endpoint.iter().map(|_| "eth0".to_owned()))
+                .collect();
+            let index = (0..)
+                .find(|i| !used.contains(&format!("eth{i}")))
+                .unwrap_or(0);
+            let mut cleanup = Cleanup {
+                rt: self.clone(),
+                id: rec.id.clone(),
+                endpoint: None,
+                overlays: Vec::new(),
+                addresses: Vec::new(),
+                armed: false,
+            };
+            let ns = self.netns_path(&rec.id);
+            let ep = match self.join_overlay(&mut cleanup, &rec, &att.network_id, &ns, index).await {
+                Ok(ep) => ep,
+                Err(e) => {
+                    for n in &cleanup.addresses {
+                        self.cluster()?.detach(n, &rec.id).await;
+                    }
+                    return Err(e);
+                }
+            };
+            c.update(|r| {
+                r.networks.push(nref);
+                r.overlays.push(ep);
+            });
+            let rec = c.record();
+            self.write_etc_files(
+                &rec,
+                &self.dir(&rec.id),
+                rec.endpoint.as_ref(),
+                &rec.overlays,
+                false,
+            )?;
+        } else {
+            c.update(|r| r.networks.push(nref));
+        }
+        self.save(&c)
+    }
+
+    /// `POST /networks/{id}/disconnect`.
+    pub async fn disconnect(&self, name_or_id: &str, network: &str) -> Result<(), RuntimeError> {
+        let c = self.get(name_or_id)?;
+        let _op = c.op.lock().await;
+        let rec = c.record();
+        let Some(nref) = rec
+            .networks
+            .iter()
+            .find(|n| n.name == network || n.id == network || n.id.starts_with(network))
+            .cloned()
+        else {
+            return Err(RuntimeError::Forbidden(format!(
+                "container {} is not connected to network {network}",
+                rec.id
+            )));
+        };
+        if let Some(ep) = rec.overlays.iter().find(|o| o.network_id == nref.id) {
+            self.overlay.leave(&rec.id, ep).await;
+            self.cluster()?.detach(&nref.id, &rec.id).await;
+        }
+        c.update(|r| {
+            r.networks.retain(|n| n.id != nref.id);
+            r.overlays.retain(|o| o.network_id != nref.id);
+        });
+        if rec.state.status.is_running() {
+            let rec = c.record();
+            self.write_etc_files(
+                &rec,
+                &self.dir(&rec.id),
+                rec.endpoint.as_ref(),
+                &rec.overlays,
+                false,
+            )?;
+        }
+        self.save(&c)
+    }
+
+    /// The containers of this node on an overlay network, with their
+    /// endpoints (`docker network inspect`).
+    pub fn on_network(&self, network_id: &str) -> Vec<(ContainerRecord, crate::overlay::OverlayEndpoint)> {
+        self.list()
+            .into_iter()
+            .filter_map(|c| {
+                let r = c.record();
+                let ep = r.overlays.iter().find(|o| o.network_id == network_id)?.clone();
+                Some((r, ep))
+            })
+            .collect()
+    }
+
+    /// Whether any container of this node is on `network_id` (running or not).
+    pub fn uses_network(&self, network_id: &str) -> bool {
+        self.list()
+            .iter()
+            .any(|c| c.record().networks.iter().any(|n| n.id == network_id))
+    }
+
     /// `DELETE /containers/{id}?force=`.
     pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<(), RuntimeError> {
         let c = self.get(name_or_id)?;
@@ -936,7 +1181,8 @@ impl Runtime {
         c.update(|r| r.state.status = Status::Removing);
         let _ = self.save(&c);
         let rec = c.record();
-        self.teardown(&rec.id, rec.endpoint.as_ref()).await;
+        self.teardown(&rec.id, rec.endpoint.as_ref(), &rec.overlays)
+            .await;
         let paths = self.shim_paths(&rec.id);
         let _ = std::fs::remove_dir_all(paths.dir());
         let dir = self.dir(&rec.id);
@@ -976,6 +1222,9 @@ struct Cleanup {
     rt: Arc<Runtime>,
     id: String,
     endpoint: Option<BridgeEndpoint>,
+    overlays: Vec<crate::overlay::OverlayEndpoint>,
+    /// Networks where an address was allocated but no endpoint made.
+    addresses: Vec<String>,
     armed: bool,
 }
 
@@ -987,8 +1236,15 @@ impl Drop for Cleanup {
         let rt = self.rt.clone();
         let id = self.id.clone();
         let ep = self.endpoint.take();
+        let overlays = std::mem::take(&mut self.overlays);
+        let addresses = std::mem::take(&mut self.addresses);
         tokio::spawn(async move {
-            rt.teardown(&id, ep.as_ref()).await;
+            rt.teardown(&id, ep.as_ref(), &overlays).await;
+            if let Ok(cluster) = rt.cluster() {
+                for n in addresses.iter().filter(|n| !overlays.iter().any(|o| &o.network_id == *n)) {
+                    cluster.detach(n, &id).await;
+                }
+            }
         });
     }
 }

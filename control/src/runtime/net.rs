@@ -47,6 +47,14 @@ impl BridgeNet {
         }
     }
 
+    pub fn subnet(&self) -> ipnet::Ipv4Net {
+        self.lock().subnet()
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.lock().gateway()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BridgeIpam> {
         self.ipam.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -8,6 +8,7 @@
 
 mod log;
 mod network;
+pub mod networks;
 mod sm;
 pub mod state;
 

@@ -31,6 +31,7 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const CLUSTER_KEY: &str = "cluster";
 const NODE_PREFIX: &str = "node/";
+const NETWORK_PREFIX: &str = "network/";
 const APPLIED_KEY: &str = "applied";
 const SNAPSHOT_KEY: &str = "snapshot";
 
@@ -100,6 +101,9 @@ impl StateMachine {
                             let node: NodeRecord =
                                 serde_json::from_slice(v.value()).map_err(read_err)?;
                             state.nodes.insert(id.to_owned(), node);
+                        } else if let Some(id) = key.strip_prefix(NETWORK_PREFIX) {
+                            let net = serde_json::from_slice(v.value()).map_err(read_err)?;
+                            state.networks.insert(id.to_owned(), net);
                         }
                     }
                 }
@@ -181,6 +185,13 @@ impl StateMachine {
                         .insert(key.as_str(), bytes.as_slice())
                         .map_err(write_err)?;
                 }
+                for (id, net) in &next.networks {
+                    let bytes = serde_json::to_vec(net).map_err(write_err)?;
+                    let key = format!("{NETWORK_PREFIX}{id}");
+                    objects
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(write_err)?;
+                }
             }
             for t in touched {
                 match t {
@@ -189,6 +200,20 @@ impl StateMachine {
                         objects
                             .insert(CLUSTER_KEY, bytes.as_slice())
                             .map_err(write_err)?;
+                    }
+                    Touched::Network(id) => {
+                        let key = format!("{NETWORK_PREFIX}{id}");
+                        match next.networks.get(id) {
+                            Some(net) => {
+                                let bytes = serde_json::to_vec(net).map_err(write_err)?;
+                                objects
+                                    .insert(key.as_str(), bytes.as_slice())
+                                    .map_err(write_err)?;
+                            }
+                            None => {
+                                objects.remove(key.as_str()).map_err(write_err)?;
+                            }
+                        }
                     }
                     Touched::Node(id) => {
                         let key = format!("{NODE_PREFIX}{id}");

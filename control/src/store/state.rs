@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use bollard_stubs::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmSpec};
 use serde::{Deserialize, Serialize};
 
+use super::networks::{Holder, NetworkRecord, NetworkRequest};
 use crate::pki::RootCa;
 
 const DEFAULT_MANAGER_PORT: u16 = 2377;
@@ -110,6 +111,8 @@ pub struct State {
     pub index: u64,
     pub cluster: Option<ClusterRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +150,23 @@ pub enum Command {
         id: String,
         force: bool,
     },
+    /// `docker network create -d overlay`: the subnet (unless given), the
+    /// VXLAN ID and the gateway are allocated by applying it.
+    CreateNetwork {
+        req: Box<NetworkRequest>,
+    },
+    RemoveNetwork {
+        id: String,
+    },
+    /// A container's address on a network (idempotent per container).
+    AllocateAddress {
+        network_id: String,
+        holder: Holder,
+    },
+    ReleaseAddress {
+        network_id: String,
+        container_id: String,
+    },
 }
 
 /// A command as the leader proposes it: stamped with the leader's clock, so
@@ -167,6 +187,7 @@ pub type Applied = Result<u64, CommandError>;
 pub enum Touched {
     Cluster,
     Node(String),
+    Network(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -190,6 +211,13 @@ pub enum CommandError {
     NodeIsManager(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("network with name {0} already exists")]
+    NetworkExists(String),
+    #[error("network {0} not found")]
+    NoSuchNetwork(String),
+    /// The whole message, Docker's.
+    #[error("{0}")]
+    NetworkInUse(String),
 }
 
 impl State {
@@ -333,7 +361,42 @@ impl State {
                     return Err(CommandError::NodeNotDown(id));
                 }
                 self.nodes.remove(&id);
-                vec![Touched::Node(id)]
+                let mut touched: Vec<Touched> = self
+                    .release_node_addresses(&id, index, now)
+                    .into_iter()
+                    .map(Touched::Network)
+                    .collect();
+                touched.push(Touched::Node(id));
+                touched
+            }
+            Command::CreateNetwork { req } => {
+                let id = req.id.clone();
+                if self.create_network(*req, index, now)? {
+                    vec![Touched::Network(id)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Command::RemoveNetwork { id } => {
+                self.remove_network(&id)?;
+                vec![Touched::Network(id)]
+            }
+            Command::AllocateAddress { network_id, holder } => {
+                if self.allocate_address(&network_id, holder, index, now)? {
+                    vec![Touched::Network(network_id)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Command::ReleaseAddress {
+                network_id,
+                container_id,
+            } => {
+                if self.release_address(&network_id, &container_id, index, now) {
+                    vec![Touched::Network(network_id)]
+                } else {
+                    Vec::new()
+                }
             }
         };
         self.index = index;
@@ -399,6 +462,23 @@ pub(crate) mod tests {
             subnet_size: 24,
             data_path_port: 4789,
         }
+    }
+
+    /// A swarm whose default address pools are `pools` in `size`s.
+    pub(crate) fn initialised_with_pools(pools: &[&str], size: u32) -> State {
+        let mut c = cluster();
+        c.default_addr_pool = pools.iter().map(|p| (*p).to_owned()).collect();
+        c.subnet_size = size;
+        let mut s = State::default();
+        s.apply(
+            Command::InitCluster {
+                cluster: Box::new(c),
+                node: Box::new(node("m1", true)),
+            },
+            "t1",
+        )
+        .expect("init");
+        s
     }
 
     fn initialised() -> State {
