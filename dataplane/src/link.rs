@@ -1,5 +1,8 @@
-//! Links through rtnetlink: the node's bridge (Docker's `docker0`) and the
-//! veth pairs that attach containers' network namespaces to it.
+//! Links through rtnetlink: the node's bridge (Docker's `docker0`), the veth
+//! pairs that attach containers' network namespaces to it, and for overlay
+//! networks an address-less bridge with a VXLAN device on it, whose
+//! neighbour table (for proxy ARP) and FDB (MAC -> remote VTEP) are set
+//! entry by entry.
 //!
 //! Every call converges: it reads what the kernel has, writes only what
 //! differs, and applying the same thing twice changes nothing.
@@ -31,12 +34,18 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
     packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage},
+        link::{
+            AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, InfoVxlan,
+            LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+        },
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
         nsid::{NsidAttribute, NsidMessage},
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     },
@@ -51,6 +60,14 @@ type Connection = rtnetlink::proto::Connection<RouteNetlinkMessage>;
 
 /// `ENODEV`: what the kernel answers for a link that does not exist.
 const ENODEV: i32 = 19;
+/// `ENOENT`: what the kernel answers for a neighbour or FDB entry that does
+/// not exist.
+const ENOENT: i32 = 2;
+/// `NUD_PERMANENT`, as a bit: the kernel reports one state per entry, but
+/// the field is a mask.
+const NUD_PERMANENT: u16 = 0x80;
+/// The largest VNI: the VXLAN header has 24 bits for it.
+pub const VNI_MAX: u32 = (1 << 24) - 1;
 
 /// Errors of [`Netlink`]; each names the link, the namespace and the call.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +125,17 @@ pub enum LinkError {
     },
     #[error("{name} disappeared from namespace {netns} while being configured")]
     Vanished { name: String, netns: String },
+    #[error("link {name} does not exist in namespace {netns}")]
+    NoSuchLink { name: String, netns: String },
+    #[error("{name} in namespace {netns} is a {kind}, not a {want}")]
+    WrongKind {
+        name: String,
+        kind: String,
+        want: &'static str,
+        netns: String,
+    },
+    #[error("invalid vxlan {name}: {reason}")]
+    InvalidVxlan { name: String, reason: String },
     #[error("`{call}` on {link} in namespace {netns}")]
     Request {
         call: &'static str,
@@ -153,6 +181,71 @@ pub struct VethSpec {
     pub gateway: Option<Ipv4Addr>,
     /// Both ends.
     pub mtu: u32,
+}
+
+/// A VXLAN device of an overlay network, as [`Netlink::ensure_vxlan`] makes
+/// it: `ip link add NAME type vxlan id VNI dstport PORT [local IP] nolearning
+/// proxy`, enslaved to `bridge`. No remote, group or underlay device: frames
+/// leave only through the FDB entries set on it ([`Netlink::fdb_replace`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// At most 15 bytes.
+    pub name: String,
+    /// 0..=[`VNI_MAX`].
+    pub vni: u32,
+    /// The UDP port of the data path (the swarm's, 4789 by default); not 0,
+    /// which the kernel would turn into its own default (8472).
+    pub port: u16,
+    /// The source address of encapsulated packets; `None` lets the route to
+    /// each VTEP choose.
+    pub local: Option<Ipv4Addr>,
+    /// The underlay MTU less 50 (outer IPv4 20, UDP 8, VXLAN 8, inner
+    /// Ethernet 14).
+    pub mtu: u32,
+    /// The bridge it is a port of; it must exist.
+    pub bridge: String,
+}
+
+/// What an `ensure_*` call did to its link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// It was as asked.
+    Unchanged,
+    /// It was missing and was created.
+    Created,
+    /// It was of another kind or configuration that cannot be changed in
+    /// place, and was deleted and created again.
+    Replaced,
+    /// Its MTU, master or up state was set.
+    Updated,
+}
+
+/// The link an `ensure_*` call converged, and what it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ensured {
+    pub index: u32,
+    pub change: LinkChange,
+}
+
+/// An IPv4 neighbour (ARP) entry on a link (`ip -4 neigh show dev DEV`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ip: Ipv4Addr,
+    /// `None` for entries without a link-layer address (incomplete, failed).
+    pub mac: Option<[u8; 6]>,
+    /// `nud permanent`: set by someone, never aged or probed by the kernel.
+    pub permanent: bool,
+}
+
+/// An entry of a VXLAN device's own forwarding table
+/// (`bridge fdb show dev DEV` lines with `self`): frames to `mac` go to the
+/// VTEP `dst`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    /// `None` if the remote is not an IPv4 address.
+    pub dst: Option<Ipv4Addr>,
+    pub permanent: bool,
 }
 
 /// Docker's MAC for a container address: `02:42` and the four address bytes.
@@ -260,21 +353,7 @@ impl Netlink {
         check_name(name)?;
         check_prefix(addr, prefix_len)?;
         let index = match self.rtnl.link(name).await? {
-            Some(link) => {
-                let found = link_info(&link);
-                if found.kind.as_deref() != Some("bridge") {
-                    return Err(self.not_a_bridge(&found));
-                }
-                self.converge_link(
-                    &link,
-                    Want {
-                        mtu,
-                        ..Want::default()
-                    },
-                )
-                .await?;
-                found.index
-            }
+            Some(link) => self.converge_bridge(&link, mtu).await?.index,
             None => {
                 // `ip link add NAME [mtu MTU] up type bridge`
                 let mut bridge = LinkBridge::new(name);
@@ -300,6 +379,181 @@ impl Netlink {
         };
         self.ensure_ipv4(name, index, addr, prefix_len).await?;
         Ok(index)
+    }
+
+    /// Makes sure a bridge `name` exists, with that MTU, up; for an overlay
+    /// network, whose bridge has no address (its ports are the containers'
+    /// veths and the VXLAN device). A bridge this creates has IPv6 address
+    /// generation off (`addrgenmode none`), so that it gets no link-local
+    /// address either: nothing on the overlay can reach the node's namespace
+    /// through it. Addresses someone put on an existing bridge are left
+    /// alone. Errors if `name` is a link of another kind.
+    pub async fn ensure_l2_bridge(&self, name: &str, mtu: u32) -> Result<Ensured, LinkError> {
+        check_name(name)?;
+        if let Some(link) = self.rtnl.link(name).await? {
+            return self.converge_bridge(&link, Some(mtu)).await;
+        }
+        // `ip link add NAME mtu MTU type bridge`, then
+        // `ip link set dev NAME addrgenmode none` and `... up`
+        let bridge = LinkMessageBuilder::<LinkBridge>::new(name).mtu(mtu).build();
+        let index = self
+            .create_without_ipv6("ip link add NAME mtu MTU type bridge", name, bridge)
+            .await?;
+        info!(bridge = name, netns = %self.rtnl.netns, mtu, "overlay bridge created");
+        Ok(Ensured {
+            index,
+            change: LinkChange::Created,
+        })
+    }
+
+    /// Makes sure the VXLAN device `spec.name` exists as `spec` says (VNI,
+    /// port, local address, `nolearning`, `proxy`, no remote or group, not
+    /// `external`), is a port of `spec.bridge` with `spec.mtu`, and is up.
+    /// The bridge must exist.
+    ///
+    /// A link of that name of another kind or with another VNI, port, local
+    /// address, learning, proxy, remote or group is deleted and created
+    /// again (the kernel cannot change VNI, port or proxy in place), which
+    /// empties its neighbour table and FDB; if only MTU, master or up differ,
+    /// they are set. Created like [`ensure_l2_bridge`](Netlink::ensure_l2_bridge)'s
+    /// bridge, without IPv6 addresses.
+    pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Ensured, LinkError> {
+        check_name(&spec.name)?;
+        check_name(&spec.bridge)?;
+        check_vxlan(spec)?;
+        let bridge = self.bridge_index(&spec.bridge).await?;
+        let replaced = match self.rtnl.link(&spec.name).await? {
+            Some(link) => match vxlan_mismatch(&link, spec) {
+                None => {
+                    let changed = self
+                        .converge_link(
+                            &link,
+                            Want {
+                                mtu: Some(spec.mtu),
+                                master: Some(bridge),
+                                ..Want::default()
+                            },
+                        )
+                        .await?;
+                    return Ok(Ensured {
+                        index: link.header.index,
+                        change: if changed {
+                            LinkChange::Updated
+                        } else {
+                            LinkChange::Unchanged
+                        },
+                    });
+                }
+                Some(reason) => {
+                    warn!(link = %spec.name, netns = %self.rtnl.netns, %reason, "replacing a link that is not the vxlan asked for");
+                    self.rtnl.del_link(&spec.name, link.header.index).await?;
+                    true
+                }
+            },
+            None => false,
+        };
+        // `ip link add NAME mtu MTU master BRIDGE type vxlan id VNI
+        //    dstport PORT [local IP] nolearning proxy`, then
+        // `ip link set dev NAME addrgenmode none` and `... up`
+        let mut vxlan = LinkVxlan::new(&spec.name, spec.vni)
+            .port(spec.port)
+            .learning(false)
+            .proxy(true)
+            .mtu(spec.mtu)
+            .controller(bridge);
+        if let Some(local) = spec.local {
+            vxlan = vxlan.local(local);
+        }
+        let index = self
+            .create_without_ipv6(
+                "ip link add NAME master BRIDGE type vxlan id VNI dstport PORT nolearning proxy",
+                &spec.name,
+                vxlan.build(),
+            )
+            .await?;
+        info!(
+            vxlan = %spec.name,
+            vni = spec.vni,
+            port = spec.port,
+            bridge = %spec.bridge,
+            netns = %self.rtnl.netns,
+            replaced,
+            "vxlan created"
+        );
+        Ok(Ensured {
+            index,
+            change: if replaced {
+                LinkChange::Replaced
+            } else {
+                LinkChange::Created
+            },
+        })
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`: the entry
+    /// proxy ARP on a VXLAN device answers from.
+    pub async fn neigh_replace(
+        &self,
+        dev: &str,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), LinkError> {
+        let index = self.existing(dev).await?.index;
+        self.rtnl.neigh_replace(dev, index, ip, mac).await
+    }
+
+    /// `ip neigh del IP dev DEV`; returns whether there was such an entry.
+    pub async fn neigh_del(&self, dev: &str, ip: Ipv4Addr) -> Result<bool, LinkError> {
+        let index = self.existing(dev).await?.index;
+        self.rtnl.neigh_del(dev, index, ip).await
+    }
+
+    /// The IPv4 neighbour entries of `dev` (`ip -4 neigh show dev DEV`).
+    pub async fn neighbours(&self, dev: &str) -> Result<Vec<Neighbour>, LinkError> {
+        let index = self.existing(dev).await?.index;
+        Ok(self
+            .rtnl
+            .neighbours(dev, index, AddressFamily::Inet)
+            .await?
+            .iter()
+            .filter_map(neighbour)
+            .collect())
+    }
+
+    /// `bridge fdb replace MAC dev DEV dst IP self permanent`: frames to
+    /// `mac` leave the VXLAN device `dev` for the VTEP `dst`. An entry for
+    /// `mac` with another destination gets this one instead (its first
+    /// destination, should it have several).
+    pub async fn fdb_replace(
+        &self,
+        dev: &str,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let index = self.vxlan_index(dev).await?;
+        self.rtnl.fdb_replace(dev, index, mac, dst).await
+    }
+
+    /// `bridge fdb del MAC dev DEV dst IP self`: removes that destination
+    /// of `mac` from the VXLAN device `dev`; returns whether it was there.
+    pub async fn fdb_del(&self, dev: &str, mac: [u8; 6], dst: Ipv4Addr) -> Result<bool, LinkError> {
+        let index = self.vxlan_index(dev).await?;
+        self.rtnl.fdb_del(dev, index, mac, dst).await
+    }
+
+    /// The VXLAN device `dev`'s own FDB (`bridge fdb show dev DEV`, the
+    /// `self` entries), one entry per (MAC, destination). The bridge's
+    /// entries for the port (`master BRIDGE`: its own MAC, MACs learned from
+    /// frames that arrived through it) are not listed.
+    pub async fn fdb_entries(&self, dev: &str) -> Result<Vec<FdbEntry>, LinkError> {
+        let index = self.vxlan_index(dev).await?;
+        Ok(self
+            .rtnl
+            .neighbours(dev, index, AddressFamily::Bridge)
+            .await?
+            .iter()
+            .filter_map(fdb_entry)
+            .collect())
     }
 
     /// Attaches a container: a veth pair whose host end `spec.host_ifname` is
@@ -363,6 +617,13 @@ impl Netlink {
         Ok(self.rtnl.link(name).await?.map(|l| l.header.index))
     }
 
+    /// The link `name`, if there is one (`ip -d link show dev NAME`): its
+    /// kind, master, MTU, up.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
+        check_name(name)?;
+        Ok(self.rtnl.link(name).await?.as_ref().map(link_info))
+    }
+
     /// All links of the namespace (`ip -d link show`).
     pub async fn links(&self) -> Result<Vec<LinkInfo>, LinkError> {
         Ok(self.rtnl.links().await?.iter().map(link_info).collect())
@@ -375,7 +636,136 @@ impl Netlink {
             .link(name)
             .await?
             .ok_or_else(|| self.vanished(name))?;
-        self.converge_link(&link, Want::default()).await
+        self.converge_link(&link, Want::default()).await?;
+        Ok(())
+    }
+
+    /// The link `name`; [`LinkError::NoSuchLink`] if there is none.
+    async fn existing(&self, name: &str) -> Result<LinkInfo, LinkError> {
+        check_name(name)?;
+        match self.rtnl.link(name).await? {
+            Some(link) => Ok(link_info(&link)),
+            None => Err(LinkError::NoSuchLink {
+                name: name.to_owned(),
+                netns: self.rtnl.netns.clone(),
+            }),
+        }
+    }
+
+    /// The index of the VXLAN device `name`, which must exist.
+    async fn vxlan_index(&self, name: &str) -> Result<u32, LinkError> {
+        let found = self.existing(name).await?;
+        self.check_kind(found, "vxlan").map(|l| l.index)
+    }
+
+    /// Deletes the link `name` if it is a `kind` (`ip link del dev NAME`);
+    /// returns whether it existed. A link of another kind is
+    /// [`LinkError::WrongKind`] and stays.
+    pub(crate) async fn delete_link_of_kind(
+        &self,
+        name: &str,
+        kind: &'static str,
+    ) -> Result<bool, LinkError> {
+        check_name(name)?;
+        let Some(link) = self.rtnl.link(name).await? else {
+            return Ok(false);
+        };
+        let found = self.check_kind(link_info(&link), kind)?;
+        let existed = self.rtnl.del_link(name, found.index).await?;
+        if existed {
+            info!(link = name, kind, netns = %self.rtnl.netns, "link deleted");
+        }
+        Ok(existed)
+    }
+
+    fn check_kind(&self, found: LinkInfo, want: &'static str) -> Result<LinkInfo, LinkError> {
+        if found.kind.as_deref() == Some(want) {
+            return Ok(found);
+        }
+        Err(LinkError::WrongKind {
+            kind: found.kind.unwrap_or_else(|| "device without a kind".into()),
+            name: found.name,
+            want,
+            netns: self.rtnl.netns.clone(),
+        })
+    }
+
+    /// An existing link that must be a bridge, given `mtu` (if any) and up.
+    async fn converge_bridge(
+        &self,
+        link: &LinkMessage,
+        mtu: Option<u32>,
+    ) -> Result<Ensured, LinkError> {
+        let found = link_info(link);
+        if found.kind.as_deref() != Some("bridge") {
+            return Err(self.not_a_bridge(&found));
+        }
+        let changed = self
+            .converge_link(
+                link,
+                Want {
+                    mtu,
+                    ..Want::default()
+                },
+            )
+            .await?;
+        Ok(Ensured {
+            index: found.index,
+            change: if changed {
+                LinkChange::Updated
+            } else {
+                LinkChange::Unchanged
+            },
+        })
+    }
+
+    /// Creates the link `msg` describes (down: it must not ask for up), turns
+    /// IPv6 address generation off on it, then brings it up; returns its
+    /// index. Up only afterwards, because the kernel gives a link its IPv6
+    /// link-local address when it comes up, and does not take it back when
+    /// the mode changes later. If a step after the creation fails, the link
+    /// is deleted again.
+    async fn create_without_ipv6(
+        &self,
+        call: &'static str,
+        name: &str,
+        msg: LinkMessage,
+    ) -> Result<u32, LinkError> {
+        self.rtnl
+            .write_link(LinkWrite::Add, call, name, msg)
+            .await?;
+        let configured = async {
+            let link = self
+                .rtnl
+                .link(name)
+                .await?
+                .ok_or_else(|| self.vanished(name))?;
+            let index = link.header.index;
+            // `ip link set dev NAME addrgenmode none`
+            let no_ipv6 = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                )]))
+                .build();
+            self.rtnl
+                .write_link(
+                    LinkWrite::Set,
+                    "ip link set dev NAME addrgenmode none",
+                    name,
+                    no_ipv6,
+                )
+                .await?;
+            self.converge_link(&link, Want::default()).await?;
+            Ok(index)
+        }
+        .await;
+        if let Err(error) = &configured {
+            match self.delete_link(name).await {
+                Ok(_) => debug!(link = name, %error, "half-made link removed"),
+                Err(undo) => warn!(link = name, error = %undo, "could not remove a half-made link"),
+            }
+        }
+        configured
     }
 
     async fn bridge_index(&self, name: &str) -> Result<u32, LinkError> {
@@ -496,8 +886,9 @@ impl Netlink {
     }
 
     /// Sets on `link` whatever of `want` (and up) it lacks, in one
-    /// `ip link set` request; none if nothing differs.
-    async fn converge_link(&self, link: &LinkMessage, want: Want) -> Result<(), LinkError> {
+    /// `ip link set` request; none if nothing differs. Returns whether it
+    /// sent one.
+    async fn converge_link(&self, link: &LinkMessage, want: Want) -> Result<bool, LinkError> {
         let found = link_info(link);
         let mut set = LinkUnspec::new_with_index(found.index);
         let mut changed = false;
@@ -535,7 +926,7 @@ impl Netlink {
                 .await?;
             debug!(link = %found.name, netns = %self.rtnl.netns, ?want, "link converged");
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Gives link `name` the address `addr/prefix_len` unless it has it;
@@ -710,6 +1101,130 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         }
     }
     info
+}
+
+/// What the kernel would refuse, or silently make into something else, in a
+/// [`VxlanSpec`].
+fn check_vxlan(spec: &VxlanSpec) -> Result<(), LinkError> {
+    let reason = if spec.vni > VNI_MAX {
+        format!("vni {} does not fit in 24 bits", spec.vni)
+    } else if spec.port == 0 {
+        "port 0 (the kernel would use 8472)".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(LinkError::InvalidVxlan {
+        name: spec.name.clone(),
+        reason,
+    })
+}
+
+/// Why `link` is not the VXLAN device `spec` describes in what cannot be
+/// changed in place (kind, VNI, port, local address, learning, proxy,
+/// remote or group, `external`); `None` if it is. MTU, master and up are
+/// not looked at.
+fn vxlan_mismatch(link: &LinkMessage, spec: &VxlanSpec) -> Option<String> {
+    let infos = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos.as_slice()),
+        _ => None,
+    });
+    let infos = infos.unwrap_or_default();
+    let kind = infos.iter().find_map(|i| match i {
+        NlLinkInfo::Kind(kind) => Some(kind.to_string()),
+        _ => None,
+    });
+    if kind.as_deref() != Some("vxlan") {
+        return Some(format!(
+            "it is a {}",
+            kind.as_deref().unwrap_or("device without a kind")
+        ));
+    }
+    let data = infos
+        .iter()
+        .find_map(|i| match i {
+            NlLinkInfo::Data(InfoData::Vxlan(data)) => Some(data.as_slice()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let (mut vni, mut port, mut local) = (None, None, None);
+    let (mut learning, mut proxy, mut remote, mut external) = (false, false, false, false);
+    for attr in data {
+        match attr {
+            InfoVxlan::Id(id) => vni = Some(*id),
+            InfoVxlan::Port(p) => port = Some(*p),
+            InfoVxlan::Local(ip) => local = Some(*ip),
+            InfoVxlan::Learning(on) => learning = *on,
+            InfoVxlan::Proxy(on) => proxy = *on,
+            InfoVxlan::Group(ip) => remote |= !ip.is_unspecified(),
+            InfoVxlan::Group6(ip) => remote |= !ip.is_unspecified(),
+            InfoVxlan::CollectMetadata(on) => external = *on,
+            _ => {}
+        }
+    }
+    if vni != Some(spec.vni) {
+        Some(format!("vni {vni:?}, not {}", spec.vni))
+    } else if port != Some(spec.port) {
+        Some(format!("port {port:?}, not {}", spec.port))
+    } else if local != spec.local {
+        Some(format!("local {local:?}, not {:?}", spec.local))
+    } else if learning {
+        Some("learning".to_owned())
+    } else if !proxy {
+        Some("no proxy".to_owned())
+    } else if remote {
+        Some("a remote or group".to_owned())
+    } else if external {
+        Some("external (collect metadata)".to_owned())
+    } else {
+        None
+    }
+}
+
+fn is_permanent(state: NeighbourState) -> bool {
+    u16::from(state) & NUD_PERMANENT != 0
+}
+
+fn lladdr(msg: &NeighbourMessage) -> Option<[u8; 6]> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// An IPv4 neighbour entry; `None` for anything else.
+fn neighbour(msg: &NeighbourMessage) -> Option<Neighbour> {
+    let ip = msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    Some(Neighbour {
+        ip,
+        mac: lladdr(msg),
+        permanent: is_permanent(msg.header.state),
+    })
+}
+
+/// A device's own (`self`) FDB entry; `None` for the bridge's entries of
+/// the port (`master`) and entries without an Ethernet address.
+fn fdb_entry(msg: &NeighbourMessage) -> Option<FdbEntry> {
+    if !msg.header.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    // In AF_BRIDGE messages the library leaves NDA_DST as bytes.
+    let dst = msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(Ipv4Addr::from)
+        }
+        _ => None,
+    });
+    Some(FdbEntry {
+        mac: lladdr(msg)?,
+        dst,
+        permanent: is_permanent(msg.header.state),
+    })
 }
 
 fn is_main_default(route: &RouteMessage) -> bool {
@@ -918,6 +1433,119 @@ impl Rtnl {
             .map_err(self.error("ip route replace default via GATEWAY dev NAME", name))
     }
 
+    /// `ip -4 neigh show dev NAME` (family `Inet`) or
+    /// `bridge fdb show dev NAME` (family `Bridge`): one dump of the
+    /// namespace's table, kept to the link's entries.
+    async fn neighbours(
+        &self,
+        name: &str,
+        index: u32,
+        family: AddressFamily,
+    ) -> Result<Vec<NeighbourMessage>, LinkError> {
+        let call = match family {
+            AddressFamily::Bridge => "bridge fdb show dev NAME",
+            _ => "ip -4 neigh show dev NAME",
+        };
+        let all: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.error(call, name))?;
+        Ok(all
+            .into_iter()
+            .filter(|n| n.header.ifindex == index)
+            .collect())
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev NAME nud permanent`
+    async fn neigh_replace(
+        &self,
+        name: &str,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), LinkError> {
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .state(NeighbourState::Permanent)
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(self.error(
+                "ip neigh replace IP lladdr MAC dev NAME nud permanent",
+                name,
+            ))
+    }
+
+    /// `ip neigh del IP dev NAME`; false if there was no such entry.
+    async fn neigh_del(&self, name: &str, index: u32, ip: Ipv4Addr) -> Result<bool, LinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes = vec![NeighbourAttribute::Destination(ip.into())];
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(ENOENT) => Ok(false),
+            Err(e) => Err(self.error("ip neigh del IP dev NAME", name)(e)),
+        }
+    }
+
+    /// `bridge fdb replace MAC dev NAME dst IP self permanent`
+    /// (RTM_NEWNEIGH, AF_BRIDGE, NTF_SELF: the VXLAN device's own table).
+    async fn fdb_replace(
+        &self,
+        name: &str,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .destination(dst.into())
+            .replace()
+            .execute()
+            .await
+            .map_err(self.error(
+                "bridge fdb replace MAC dev NAME dst IP self permanent",
+                name,
+            ))
+    }
+
+    /// `bridge fdb del MAC dev NAME dst IP self`; false if there was no
+    /// such entry.
+    async fn fdb_del(
+        &self,
+        name: &str,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<bool, LinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            NeighbourAttribute::Destination(dst.into()),
+        ];
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(ENOENT) => Ok(false),
+            Err(e) => Err(self.error("bridge fdb del MAC dev NAME dst IP self", name)(
+                e,
+            )),
+        }
+    }
+
     /// The id this namespace gives the namespace open at `ns`
     /// (`ip netns id`'s RTM_GETNSID with NETNSA_FD); `None` if none is
     /// assigned. `link` is the link being checked, for messages.
@@ -1003,6 +1631,184 @@ mod tests {
         assert_eq!(route_oif(&route), Some(3));
         route.header.destination_prefix_length = 24;
         assert!(!is_main_default(&route));
+    }
+
+    fn vxlan_spec() -> VxlanSpec {
+        VxlanSpec {
+            name: "vx0".into(),
+            vni: 4242,
+            port: 4789,
+            local: None,
+            mtu: 1450,
+            bridge: "br0".into(),
+        }
+    }
+
+    /// The device as the kernel dumps it: learning and proxy are always
+    /// there, as u8.
+    fn vxlan_link(
+        vni: u32,
+        port: u16,
+        learning: bool,
+        proxy: bool,
+    ) -> LinkMessageBuilder<LinkVxlan> {
+        LinkVxlan::new("vx0", vni)
+            .port(port)
+            .learning(learning)
+            .proxy(proxy)
+    }
+
+    #[test]
+    fn vxlan_mismatch_names_what_needs_a_new_device() {
+        let spec = vxlan_spec();
+        let same = vxlan_link(4242, 4789, false, true)
+            .mtu(1400)
+            .controller(9)
+            .build();
+        assert_eq!(
+            vxlan_mismatch(&same, &spec),
+            None,
+            "MTU and master are not the device"
+        );
+        let cases = [
+            (vxlan_link(4243, 4789, false, true).build(), "vni"),
+            (vxlan_link(4242, 8472, false, true).build(), "port"),
+            (vxlan_link(4242, 4789, true, true).build(), "learning"),
+            (vxlan_link(4242, 4789, false, false).build(), "no proxy"),
+            (
+                vxlan_link(4242, 4789, false, true)
+                    .local(Ipv4Addr::new(198, 18, 0, 21))
+                    .build(),
+                "local",
+            ),
+            (
+                vxlan_link(4242, 4789, false, true)
+                    .remote(Ipv4Addr::new(198, 18, 0, 22))
+                    .build(),
+                "remote",
+            ),
+            (LinkBridge::new("vx0").build(), "it is a bridge"),
+            (LinkUnspec::new_with_name("vx0").build(), "without a kind"),
+        ];
+        for (link, want) in cases {
+            let reason = vxlan_mismatch(&link, &spec).unwrap_or_default();
+            assert!(reason.contains(want), "want {want:?}, got {reason:?}");
+        }
+        let with_local = VxlanSpec {
+            local: Some(Ipv4Addr::new(198, 18, 0, 21)),
+            ..spec
+        };
+        let local = vxlan_link(4242, 4789, false, true)
+            .local(Ipv4Addr::new(198, 18, 0, 21))
+            .build();
+        assert_eq!(vxlan_mismatch(&local, &with_local), None);
+    }
+
+    #[test]
+    fn vxlan_spec_checks() {
+        assert!(check_vxlan(&vxlan_spec()).is_ok());
+        let too_big = VxlanSpec {
+            vni: VNI_MAX + 1,
+            ..vxlan_spec()
+        };
+        assert!(matches!(
+            check_vxlan(&too_big),
+            Err(LinkError::InvalidVxlan { .. })
+        ));
+        let port0 = VxlanSpec {
+            port: 0,
+            ..vxlan_spec()
+        };
+        assert!(matches!(
+            check_vxlan(&port0),
+            Err(LinkError::InvalidVxlan { .. })
+        ));
+    }
+
+    fn neigh_msg(
+        family: AddressFamily,
+        flags: NeighbourFlags,
+        state: NeighbourState,
+        attributes: Vec<NeighbourAttribute>,
+    ) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        msg.header.ifindex = 5;
+        msg.header.flags = flags;
+        msg.header.state = state;
+        msg.attributes = attributes;
+        msg
+    }
+
+    #[test]
+    fn neighbours_and_fdb_entries_are_read() {
+        let mac = [2, 0x42, 198, 19, 42, 3];
+        let ip = Ipv4Addr::new(198, 19, 42, 3);
+        let vtep = Ipv4Addr::new(198, 18, 0, 22);
+        let arp = neigh_msg(
+            AddressFamily::Inet,
+            NeighbourFlags::empty(),
+            NeighbourState::Permanent,
+            vec![
+                NeighbourAttribute::Destination(ip.into()),
+                NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            ],
+        );
+        assert_eq!(
+            neighbour(&arp),
+            Some(Neighbour {
+                ip,
+                mac: Some(mac),
+                permanent: true
+            })
+        );
+        let incomplete = neigh_msg(
+            AddressFamily::Inet,
+            NeighbourFlags::empty(),
+            NeighbourState::Incomplete,
+            vec![NeighbourAttribute::Destination(ip.into())],
+        );
+        assert_eq!(
+            neighbour(&incomplete),
+            Some(Neighbour {
+                ip,
+                mac: None,
+                permanent: false
+            })
+        );
+        // A state the library has no name for, with the permanent bit.
+        assert!(is_permanent(NeighbourState::Other(0x80 | 0x40)));
+        assert!(!is_permanent(NeighbourState::Noarp));
+
+        // As dumped: in AF_BRIDGE messages NDA_DST comes back as bytes.
+        let own = neigh_msg(
+            AddressFamily::Bridge,
+            NeighbourFlags::Own,
+            NeighbourState::Permanent,
+            vec![
+                NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(vtep.octets().to_vec())),
+            ],
+        );
+        assert_eq!(
+            fdb_entry(&own),
+            Some(FdbEntry {
+                mac,
+                dst: Some(vtep),
+                permanent: true
+            })
+        );
+        let bridge_port = neigh_msg(
+            AddressFamily::Bridge,
+            NeighbourFlags::Controller,
+            NeighbourState::Permanent,
+            vec![NeighbourAttribute::LinkLayerAddress(mac.to_vec())],
+        );
+        assert_eq!(
+            fdb_entry(&bridge_port),
+            None,
+            "the bridge's entry, not the device's"
+        );
     }
 
     #[test]

@@ -9,14 +9,11 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::atomic::{AtomicUsize, Ordering},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
-use nix::unistd::geteuid;
 use rtnetlink::{
     MulticastGroup,
     packet_core::NetlinkPayload,
@@ -29,10 +26,13 @@ use swarmnet_dataplane::{
     LinkError, LinkInfo, Netlink, NetnsError, VethSpec, mac_from_ipv4, netns,
 };
 
-/// Where the tests' namespace files live; one file per namespace.
-const DIR: &str = "/run/swarmnet-dataplane-tests";
-/// Prefix of every namespace file: `snl<pid>-<n>-<tag>`.
-const PREFIX: &str = "snl";
+mod support;
+
+use support::{DIR, Ns, setup};
+
+/// Prefix of every namespace file this binary makes: `snl<pid>-<n>-<tag>`
+/// (read by [`support`]).
+const NS_PREFIX: &str = "snl";
 /// How long the kernel gets for asynchronous work (namespace teardown).
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -42,110 +42,6 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const C1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const C2: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
 const MTU: u32 = 1450;
-
-fn require_root() {
-    assert!(
-        geteuid().is_root(),
-        "this test needs root: it creates network namespaces (unshare, bind mounts), a \
-         bridge and veths. Run it as root, e.g. through scripts/test.sh"
-    );
-}
-
-/// A namespace bind-mounted under [`DIR`], removed on drop (with the links
-/// inside it), also when the test panics.
-struct Ns {
-    path: PathBuf,
-}
-
-impl Ns {
-    fn create(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(DIR).join(format!("{PREFIX}{}-{n}-{tag}", std::process::id()));
-        netns::create(&path).unwrap_or_else(|e| panic!("create {}: {e:?}", path.display()));
-        Ns { path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `nsenter --net=PATH PROG ARGS`, whatever its outcome.
-    fn try_run(&self, prog: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path.display()))
-            .arg(prog)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("run `nsenter {prog}`: {e} (util-linux, iproute2 installed?)")
-            })
-    }
-
-    /// `nsenter --net=PATH PROG ARGS`, its stdout; panics with its stderr if
-    /// it fails.
-    fn run(&self, prog: &str, args: &[&str]) -> String {
-        let out = self.try_run(prog, args);
-        assert!(
-            out.status.success(),
-            "`{prog} {}` in {} failed: {}{}",
-            args.join(" "),
-            self.path.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        self.run("ip", args)
-    }
-
-    /// One echo reply from `addr` within 5 s (ping retries each second).
-    fn ping(&self, addr: Ipv4Addr) {
-        self.run("ping", &["-c", "1", "-w", "5", "-q", &addr.to_string()]);
-    }
-
-    async fn netlink(&self) -> Netlink {
-        Netlink::connect_in(&self.path)
-            .await
-            .unwrap_or_else(|e| panic!("netlink in {}: {e:?}", self.path.display()))
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::remove(&self.path) {
-            eprintln!("cleanup: remove {}: {e:?}", self.path.display());
-        }
-    }
-}
-
-/// Removes namespaces left by earlier runs that were killed before their
-/// guards ran: `snl<pid>-...` whose process is gone.
-fn remove_stale_namespaces() {
-    let Ok(entries) = fs::read_dir(DIR) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            eprintln!("removing stale namespace {name}");
-            drop(Ns { path: entry.path() });
-        }
-    }
-}
-
-fn setup() {
-    require_root();
-    remove_stale_namespaces();
-}
 
 /// Whether `/proc/self/mountinfo` lists a mount at `path`.
 fn mounted_at(path: &Path) -> bool {
@@ -273,7 +169,7 @@ fn netns_create_is_netns_remove() {
     assert!(matches!(gone, NetnsError::Open { .. }), "{gone:?}");
 
     // A plain file is not a namespace; remove cleans it up all the same.
-    let plain = Path::new(DIR).join(format!("{PREFIX}{}-plain", std::process::id()));
+    let plain = Path::new(DIR).join(format!("{NS_PREFIX}{}-plain", std::process::id()));
     fs::write(&plain, b"").expect("write plain file");
     assert!(!netns::is_netns(&plain));
     assert!(!netns::is_netns(Path::new("/proc/self/ns/net")));
