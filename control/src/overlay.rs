@@ -212,9 +212,10 @@ impl Overlay {
         if let Some(m) = att.mtu {
             return m;
         }
-        let mut underlay = 1500;
+        let mut underlay: u32 = 1500;
         if let (Some(iface), Ok(nl)) = (&self.underlay_iface, self.nl().await)
-            && let Ok(Some(m)) = nl.link_mtu(iface).await
+            && let Ok(links) = nl.links().await
+            && let Some(m) = links.iter().find(|l| &l.name == iface).and_then(|l| l.mtu)
         {
             underlay = m;
         }
@@ -454,16 +455,16 @@ impl Overlay {
             let mut remotes = self.remotes(&table, &id);
             let spec = self.spec(&id, &local, Vec::new());
             if grace {
-                remotes.extend(
-                    observed_remotes(nl, &spec.vxlan.name)
-                        .await
-                        .into_iter()
-                        .filter(|o| !remotes.iter().any(|r| r.ip == o.ip)),
-                );
+                let kept: Vec<RemoteEndpoint> = observed_remotes(nl, &spec.vxlan.name)
+                    .await
+                    .into_iter()
+                    .filter(|o| !remotes.iter().any(|r| r.ip == o.ip || r.mac == o.mac))
+                    .collect();
+                remotes.extend(kept);
             }
             let spec = OverlaySpec { remotes, ..spec };
             match overlay::converge(nl, &spec).await {
-                Ok(report) if report.changed() => {
+                Ok(report) if !report.is_unchanged() => {
                     info!(network = %id, ?report, "overlay network converged");
                 }
                 Ok(_) => {}
@@ -512,10 +513,11 @@ async fn observed_remotes(nl: &Netlink, vxlan: &str) -> Vec<RemoteEndpoint> {
         .into_iter()
         .filter(|n| n.permanent)
         .filter_map(|n| {
-            let dst = fdb.iter().find(|f| f.mac == n.mac && f.permanent)?.dst?;
+            let mac = n.mac?;
+            let dst = fdb.iter().find(|f| f.mac == mac && f.permanent)?.dst?;
             Some(RemoteEndpoint {
                 ip: n.ip,
-                mac: n.mac,
+                mac,
                 vtep: dst,
             })
         })

@@ -10,5 +10,6 @@ mod gossip;
 mod liveness;
 mod managers;
 mod node_update;
+mod overlay;
 mod sdk;
 mod tokens;

@@ -54,6 +54,7 @@ pub struct ClusterBuilder {
     env: Vec<(String, String)>,
     agent_bin: Option<PathBuf>,
     registry: bool,
+    underlay_mtu: Option<u32>,
 }
 
 impl ClusterBuilder {
@@ -70,7 +71,15 @@ impl ClusterBuilder {
             env: Vec::new(),
             agent_bin: None,
             registry: false,
+            underlay_mtu: None,
         }
+    }
+
+    /// The MTU of every node's `eth0` and of the hub's ports (1500 by
+    /// default), set before the agents start.
+    pub fn underlay_mtu(mut self, mtu: u32) -> Self {
+        self.underlay_mtu = Some(mtu);
+        self
     }
 
     /// Serve the test images from a registry on the hub (198.18.0.2:5000,
@@ -170,6 +179,7 @@ impl ClusterBuilder {
                 log_level: &self.log_level,
                 extra_args: &self.extra_args,
                 env: &self.env,
+                underlay_mtu: self.underlay_mtu,
             });
             cluster.nodes.push(node);
         }
@@ -436,6 +446,7 @@ struct NodeParams<'a> {
     log_level: &'a str,
     extra_args: &'a [String],
     env: &'a [(String, String)],
+    underlay_mtu: Option<u32>,
 }
 
 /// One node: its namespace, its agent, and clients for it.
@@ -493,6 +504,11 @@ impl Node {
         netns::ip_ok(p.hub, &["link", "set", &hub_port, "master", BRIDGE, "up"]);
         // ip -n NODE addr add 198.18.0.X/24 dev eth0; ip -n NODE link set eth0 up
         netns.ip_ok(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        if let Some(mtu) = p.underlay_mtu {
+            let mtu = mtu.to_string();
+            netns::ip_ok(p.hub, &["link", "set", &hub_port, "mtu", &mtu]);
+            netns.ip_ok(&["link", "set", "eth0", "mtu", &mtu]);
+        }
         netns.ip_ok(&["link", "set", "eth0", "up"]);
 
         let socket = dir.join("docker.sock");

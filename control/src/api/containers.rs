@@ -161,6 +161,29 @@ fn unix(t: &str) -> i64 {
 }
 
 fn endpoints(rt: &Runtime, r: &ContainerRecord) -> HashMap<String, EndpointSettings> {
+    let mut out = HashMap::new();
+    for n in &r.networks {
+        let mut ep = EndpointSettings {
+            network_id: Some(n.id.clone()),
+            ..Default::default()
+        };
+        if let Some(o) = r.overlays.iter().find(|o| o.network_id == n.id) {
+            ep.endpoint_id = Some(o.endpoint_id.clone());
+            ep.ip_address = Some(o.ip.to_string());
+            ep.ip_prefix_len = Some(i64::from(o.prefix_len));
+            ep.mac_address = Some(o.mac.clone());
+            ep.gateway = Some(String::new());
+        } else {
+            ep.ip_address = Some(String::new());
+            ep.ip_prefix_len = Some(0);
+            ep.mac_address = Some(String::new());
+            ep.gateway = Some(String::new());
+        }
+        out.insert(n.name.clone(), ep);
+    }
+    if r.net_mode == NetMode::Overlay {
+        return out;
+    }
     let mut ep = EndpointSettings {
         network_id: Some(r.net_mode.as_str().to_owned()),
         ..Default::default()
@@ -178,7 +201,8 @@ fn endpoints(rt: &Runtime, r: &ContainerRecord) -> HashMap<String, EndpointSetti
         ep.mac_address = Some(String::new());
     }
     let _ = rt;
-    [(r.net_mode.as_str().to_owned(), ep)].into()
+    out.insert(r.net_mode.as_str().to_owned(), ep);
+    out
 }
 
 fn summary(rt: &Runtime, r: &ContainerRecord, now: DateTime<Utc>) -> ContainerSummary {
@@ -207,7 +231,7 @@ fn summary(rt: &Runtime, r: &ContainerRecord, now: DateTime<Utc>) -> ContainerSu
         }),
         status: Some(status_text(r, now)),
         host_config: Some(ContainerSummaryHostConfig {
-            network_mode: Some(r.net_mode.as_str().to_owned()),
+            network_mode: r.host_config.network_mode.clone(),
             annotations: None,
         }),
         network_settings: Some(ContainerSummaryNetworkSettings {
@@ -288,7 +312,10 @@ pub async fn list(
             && f.any("status", |v| v == status)
             && (exited.is_empty()
                 || (r.state.status == Status::Exited && exited.contains(&r.state.exit_code)))
-            && f.any("network", |v| v == r.net_mode.as_str())
+            && f.any("network", |v| {
+                v == r.net_mode.as_str()
+                    || r.networks.iter().any(|n| n.name == v || n.id.starts_with(v))
+            })
             && f.any("ancestor", |v| {
                 v == r.image || images.resolve(v).is_ok_and(|img| img.id == r.image_id)
             })

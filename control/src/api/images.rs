@@ -164,6 +164,7 @@ mod tests {
                 mtu: 1500,
                 self_exe: std::env::current_exe().expect("test binary"),
             },
+            underlay_iface: None,
         };
         Agent::start(cfg, crate::metrics::Metrics::new())
             .await
