@@ -220,6 +220,16 @@ pub enum LinkChange {
     Updated,
 }
 
+impl LinkChange {
+    fn updated_if(changed: bool) -> Self {
+        if changed {
+            Self::Updated
+        } else {
+            Self::Unchanged
+        }
+    }
+}
+
 /// The link an `ensure_*` call converged, and what it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ensured {
@@ -437,11 +447,7 @@ impl Netlink {
                         .await?;
                     return Ok(Ensured {
                         index: link.header.index,
-                        change: if changed {
-                            LinkChange::Updated
-                        } else {
-                            LinkChange::Unchanged
-                        },
+                        change: LinkChange::updated_if(changed),
                     });
                 }
                 Some(reason) => {
@@ -711,11 +717,7 @@ impl Netlink {
             .await?;
         Ok(Ensured {
             index: found.index,
-            change: if changed {
-                LinkChange::Updated
-            } else {
-                LinkChange::Unchanged
-            },
+            change: LinkChange::updated_if(changed),
         })
     }
 
