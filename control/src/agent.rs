@@ -298,9 +298,15 @@ impl Agent {
             .await
             .ok_or_else(|| ApiError::NotFound(format!("network {network} not found")))?;
         if let Some(store) = &active.store {
-            return attach_on_manager(store, &active.local.node_id, network, container_id, allocate)
-                .await
-                .map_err(|(kind, message)| remote_error(kind, message));
+            return attach_on_manager(
+                store,
+                &active.local.node_id,
+                network,
+                container_id,
+                allocate,
+            )
+            .await
+            .map_err(|(kind, message)| remote_error(kind, message));
         }
         let req = mgmt::Request::AttachNetwork {
             network: network.to_owned(),
@@ -316,7 +322,11 @@ impl Agent {
     }
 
     /// Gives back a container's address on a network.
-    pub async fn detach_network(&self, network_id: &str, container_id: &str) -> Result<(), ApiError> {
+    pub async fn detach_network(
+        &self,
+        network_id: &str,
+        container_id: &str,
+    ) -> Result<(), ApiError> {
         let Some(active) = self.active().await else {
             return Ok(());
         };
@@ -338,20 +348,34 @@ impl Agent {
 
     /// A request to the managers this worker knows, in turn, until one
     /// answers; a refusal is the answer.
-    async fn ask_managers(&self, active: &Active, req: &mgmt::Request) -> Result<Response, ApiError> {
+    async fn ask_managers(
+        &self,
+        active: &Active,
+        req: &mgmt::Request,
+    ) -> Result<Response, ApiError> {
         let managers = active
             .managers
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut last = None;
-        for m in managers.iter().filter(|m| m.node_id != active.local.node_id) {
-            match mgmt::call_authenticated(&m.addr, &active.local.identity, req, Duration::from_secs(15))
-                .await
+        for m in managers
+            .iter()
+            .filter(|m| m.node_id != active.local.node_id)
+        {
+            match mgmt::call_authenticated(
+                &m.addr,
+                &active.local.identity,
+                req,
+                Duration::from_secs(15),
+            )
+            .await
             {
                 Ok(Response::Error { kind, message }) => return Err(remote_error(kind, message)),
                 Ok(r) => return Ok(r),
-                Err(MgmtError::Remote { kind, message }) => return Err(remote_error(kind, message)),
+                Err(MgmtError::Remote { kind, message }) => {
+                    return Err(remote_error(kind, message));
+                }
                 Err(e) => {
                     warn!(manager = %m.addr, error = %e, "ask a manager");
                     last = Some(e);
@@ -1003,13 +1027,14 @@ impl crate::runtime::Cluster for AgentNetworks {
         network: &'a str,
         container_id: &'a str,
         allocate: bool,
-    ) -> crate::runtime::BoxFuture<'a, Result<crate::overlay::Attachment, crate::runtime::RuntimeError>>
-    {
+    ) -> crate::runtime::BoxFuture<
+        'a,
+        Result<crate::overlay::Attachment, crate::runtime::RuntimeError>,
+    > {
         Box::pin(async move {
-            let agent = self
-                .0
-                .upgrade()
-                .ok_or_else(|| crate::runtime::RuntimeError::Internal("the agent stopped".into()))?;
+            let agent = self.0.upgrade().ok_or_else(|| {
+                crate::runtime::RuntimeError::Internal("the agent stopped".into())
+            })?;
             agent
                 .attach_network(network, container_id, allocate)
                 .await
@@ -1017,7 +1042,11 @@ impl crate::runtime::Cluster for AgentNetworks {
         })
     }
 
-    fn detach<'a>(&'a self, network_id: &'a str, container_id: &'a str) -> crate::runtime::BoxFuture<'a, ()> {
+    fn detach<'a>(
+        &'a self,
+        network_id: &'a str,
+        container_id: &'a str,
+    ) -> crate::runtime::BoxFuture<'a, ()> {
         Box::pin(async move {
             let Some(agent) = self.0.upgrade() else {
                 return;
@@ -1084,7 +1113,12 @@ async fn attach_on_manager(
             })?;
         store
             .read(|s| s.network(&net.id).and_then(|n| n.address_of(container_id)))
-            .ok_or_else(|| (ErrorKind::Internal, "the address was not recorded".to_owned()))?
+            .ok_or_else(|| {
+                (
+                    ErrorKind::Internal,
+                    "the address was not recorded".to_owned(),
+                )
+            })?
     } else {
         Ipv4Addr::UNSPECIFIED
     };

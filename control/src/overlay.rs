@@ -125,6 +125,10 @@ pub struct Overlay {
     serial: tokio::sync::Mutex<()>,
     wake: Notify,
     started: Instant,
+    /// Remote endpoints the table has told of since the agent started
+    /// (network, address): during the start grace only entries it never
+    /// knew are kept; one it knew and dropped goes at once.
+    known: Mutex<std::collections::BTreeSet<(String, Ipv4Addr)>>,
 }
 
 impl Overlay {
@@ -137,6 +141,7 @@ impl Overlay {
             serial: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             started: Instant::now(),
+            known: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -455,9 +460,15 @@ impl Overlay {
             let mut remotes = self.remotes(&table, &id);
             let spec = self.spec(&id, &local, Vec::new());
             if grace {
+                let known = {
+                    let mut k = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                    k.extend(remotes.iter().map(|r| (id.clone(), r.ip)));
+                    k.clone()
+                };
                 let kept: Vec<RemoteEndpoint> = observed_remotes(nl, &spec.vxlan.name)
                     .await
                     .into_iter()
+                    .filter(|o| !known.contains(&(id.clone(), o.ip)))
                     .filter(|o| !remotes.iter().any(|r| r.ip == o.ip || r.mac == o.mac))
                     .collect();
                 remotes.extend(kept);

@@ -314,7 +314,9 @@ pub async fn list(
                 || (r.state.status == Status::Exited && exited.contains(&r.state.exit_code)))
             && f.any("network", |v| {
                 v == r.net_mode.as_str()
-                    || r.networks.iter().any(|n| n.name == v || n.id.starts_with(v))
+                    || r.networks
+                        .iter()
+                        .any(|n| n.name == v || n.id.starts_with(v))
             })
             && f.any("ancestor", |v| {
                 v == r.image || images.resolve(v).is_ok_and(|img| img.id == r.image_id)

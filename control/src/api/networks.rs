@@ -15,7 +15,9 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use bollard_stubs::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
+use bollard_stubs::models::{
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +97,12 @@ fn builtin(agent: &Agent, name: &str) -> Value {
 
 /// A swarm network as Docker shows it; `detail` adds this node's
 /// containers and the peers.
-fn overlay_json(agent: &Agent, n: &NetworkRecord, hostnames: &HashMap<String, String>, detail: bool) -> Value {
+fn overlay_json(
+    agent: &Agent,
+    n: &NetworkRecord,
+    hostnames: &HashMap<String, String>,
+    detail: bool,
+) -> Value {
     let mut config = serde_json::Map::new();
     config.insert("Subnet".into(), json!(n.subnet.to_string()));
     config.insert("Gateway".into(), json!(n.gateway.to_string()));
@@ -234,7 +241,11 @@ fn matches(v: &Value, f: &Filters, builtin: bool, used: bool) -> Result<bool, Ap
             )));
         }
     }
-    let dangling = match f.get("dangling").and_then(|d| d.first()).map(String::as_str) {
+    let dangling = match f
+        .get("dangling")
+        .and_then(|d| d.first())
+        .map(String::as_str)
+    {
         None => None,
         Some("true" | "1") => Some(true),
         Some("false" | "0") => Some(false),
@@ -298,7 +309,10 @@ pub async fn inspect(
             }
         });
     match found {
-        Some(n) => Ok(json(StatusCode::OK, &overlay_json(&agent, n, &hostnames, true))),
+        Some(n) => Ok(json(
+            StatusCode::OK,
+            &overlay_json(&agent, n, &hostnames, true),
+        )),
         None => Err(ApiError::NotFound(format!("network {key} not found"))),
     }
 }
@@ -309,10 +323,7 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-pub async fn create(
-    State(agent): State<Arc<Agent>>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn create(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NetworkCreateRequest = json_body(&body)?;
     if req.name.is_empty() {
         return Err(ApiError::BadRequest("network name cannot be empty".into()));
@@ -329,7 +340,11 @@ pub async fn create(
             req.name
         )));
     }
-    let driver = req.driver.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "bridge".into());
+    let driver = req
+        .driver
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "bridge".into());
     if driver != "overlay" {
         return Err(ApiError::BadRequest(format!(
             "network driver \"{driver}\" is not supported by swarmnet: create overlay networks (docker network create -d overlay)"
@@ -345,13 +360,22 @@ pub async fn create(
             "IPv6 overlay networks are not supported by swarmnet yet".into(),
         ));
     }
-    if req.config_only.unwrap_or(false) || req.config_from.as_ref().is_some_and(|c| c.network.as_deref().is_some_and(|n| !n.is_empty())) {
+    if req.config_only.unwrap_or(false)
+        || req
+            .config_from
+            .as_ref()
+            .is_some_and(|c| c.network.as_deref().is_some_and(|n| !n.is_empty()))
+    {
         return Err(ApiError::BadRequest(
             "config-only networks are not supported by swarmnet".into(),
         ));
     }
     let ipam = req.ipam.clone().unwrap_or_default();
-    if ipam.driver.as_deref().is_some_and(|d| !d.is_empty() && d != "default") {
+    if ipam
+        .driver
+        .as_deref()
+        .is_some_and(|d| !d.is_empty() && d != "default")
+    {
         return Err(ApiError::BadRequest(format!(
             "IPAM driver {:?} is not supported by swarmnet (default is)",
             ipam.driver.unwrap_or_default()
@@ -364,7 +388,12 @@ pub async fn create(
         ));
     }
     let conf = configs.into_iter().next().unwrap_or_default();
-    let options: BTreeMap<String, String> = req.options.clone().unwrap_or_default().into_iter().collect();
+    let options: BTreeMap<String, String> = req
+        .options
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     for k in options.keys() {
         if k != MTU_OPTION && !k.starts_with("com.docker.network.driver.overlay.") {
             return Err(ApiError::BadRequest(format!(

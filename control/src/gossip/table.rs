@@ -358,7 +358,9 @@ impl Table {
         let chunks: Vec<Vec<Record>> = if all.is_empty() {
             vec![Vec::new()]
         } else {
-            all.chunks(RECORDS_PER_MESSAGE).map(<[Record]>::to_vec).collect()
+            all.chunks(RECORDS_PER_MESSAGE)
+                .map(<[Record]>::to_vec)
+                .collect()
         };
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         chunks
@@ -406,8 +408,10 @@ impl Table {
 
     /// Drops tombstones older than the TTL, and local networks left empty.
     fn collect(&mut self, now: u64) {
-        let expired =
-            |s: &Stored| s.dead_since.is_some_and(|d| now.saturating_sub(d) > TOMBSTONE_TTL_NANOS);
+        let expired = |s: &Stored| {
+            s.dead_since
+                .is_some_and(|d| now.saturating_sub(d) > TOMBSTONE_TTL_NANOS)
+        };
         for recs in self.local.values_mut() {
             recs.retain(|_, s| !expired(s));
         }
@@ -521,9 +525,15 @@ mod tests {
         let a = &t["a"];
         assert_eq!(a.remote_endpoints("net1").len(), 1);
         assert_eq!(a.remote_endpoints("net1")[0].endpoint, ep(3));
-        assert_eq!(a.remote_endpoints("net1")[0].vtep, Ipv4Addr::new(198, 18, 0, 13));
+        assert_eq!(
+            a.remote_endpoints("net1")[0].vtep,
+            Ipv4Addr::new(198, 18, 0, 13)
+        );
         assert_eq!(t["c"].remote_endpoints("net1")[0].endpoint, ep(2));
-        assert!(t["b"].remote_endpoints("net1").is_empty(), "b is not on net1");
+        assert!(
+            t["b"].remote_endpoints("net1").is_empty(),
+            "b is not on net1"
+        );
         assert!(t["b"].remote.is_empty());
         assert_eq!(t["b"].peers("net1").len(), 2, "b knows who is on net1");
 
@@ -532,11 +542,17 @@ mod tests {
             .get_mut("a")
             .expect("a")
             .set_local("net1", "k4", Some(ep(4)), &members(), 2);
-        assert!(outs.iter().all(|o| !o.to.contains(&"b".to_owned())), "{outs:?}");
+        assert!(
+            outs.iter().all(|o| !o.to.contains(&"b".to_owned())),
+            "{outs:?}"
+        );
         deliver(&mut t, outs, 2);
         assert_eq!(t["c"].remote_endpoints("net1").len(), 2);
         // Removal: a tombstone, then gone from c's view.
-        let outs = t.get_mut("a").expect("a").set_local("net1", "k4", None, &members(), 3);
+        let outs = t
+            .get_mut("a")
+            .expect("a")
+            .set_local("net1", "k4", None, &members(), 3);
         deliver(&mut t, outs, 3);
         assert_eq!(t["c"].remote_endpoints("net1").len(), 1);
     }
@@ -562,7 +578,10 @@ mod tests {
         let c = t.get_mut("c").expect("c");
         c.receive(rec(30, None), 30);
         let (_, changed) = c.receive(rec(20, Some(ep(2))), 31);
-        assert!(!changed, "an older add does not bring a deleted endpoint back");
+        assert!(
+            !changed,
+            "an older add does not bring a deleted endpoint back"
+        );
         assert!(c.remote_endpoints("net1").is_empty());
         c.receive(rec(40, Some(ep(5))), 40);
         let view = c.remote_endpoints("net1");
@@ -580,9 +599,13 @@ mod tests {
         let outs = [("a", 2u8), ("c", 3)]
             .into_iter()
             .flat_map(|(n, l)| {
-                t.get_mut(n)
-                    .expect("t")
-                    .set_local("net1", &format!("k{l}"), Some(ep(l)), &members(), 1)
+                t.get_mut(n).expect("t").set_local(
+                    "net1",
+                    &format!("k{l}"),
+                    Some(ep(l)),
+                    &members(),
+                    1,
+                )
             })
             .collect();
         deliver(&mut t, outs, 1);
@@ -592,7 +615,11 @@ mod tests {
             let _ = a.set_local("net1", &format!("n{i}"), Some(ep(100 + i)), &members(), 2);
         }
         let _ = a.set_local("net1", "k2", None, &members(), 3);
-        assert_eq!(t["c"].remote_endpoints("net1").len(), 1, "c still has the old view");
+        assert_eq!(
+            t["c"].remote_endpoints("net1").len(),
+            1,
+            "c still has the old view"
+        );
         // The periodic sync repairs it, in several parts.
         let outs = t.get_mut("a").expect("a").sync(&members(), 4);
         let parts = outs
@@ -630,9 +657,13 @@ mod tests {
         let outs = [("a", 2u8), ("b", 3), ("c", 4)]
             .into_iter()
             .flat_map(|(n, l)| {
-                t.get_mut(n)
-                    .expect("t")
-                    .set_local("net1", &format!("k{l}"), Some(ep(l)), &members(), 1)
+                t.get_mut(n).expect("t").set_local(
+                    "net1",
+                    &format!("k{l}"),
+                    Some(ep(l)),
+                    &members(),
+                    1,
+                )
             })
             .collect();
         deliver(&mut t, outs, 1);
@@ -644,13 +675,21 @@ mod tests {
         let outs = t.get_mut("b").expect("b").sync(&members(), 2);
         deliver(&mut t, outs, 2);
         assert!(
-            t["a"].remote_endpoints("net1").iter().all(|r| r.owner != "c"),
+            t["a"]
+                .remote_endpoints("net1")
+                .iter()
+                .all(|r| r.owner != "c"),
             "a dead node's records came back through another node"
         );
         // c returns and syncs: back.
         let outs = t.get_mut("c").expect("c").sync(&members(), 3);
         deliver(&mut t, outs, 3);
-        assert!(t["a"].remote_endpoints("net1").iter().any(|r| r.owner == "c"));
+        assert!(
+            t["a"]
+                .remote_endpoints("net1")
+                .iter()
+                .any(|r| r.owner == "c")
+        );
     }
 
     #[test]
@@ -659,14 +698,21 @@ mod tests {
         let outs = [("a", 2u8), ("c", 3)]
             .into_iter()
             .flat_map(|(n, l)| {
-                t.get_mut(n)
-                    .expect("t")
-                    .set_local("net1", &format!("k{l}"), Some(ep(l)), &members(), 1)
+                t.get_mut(n).expect("t").set_local(
+                    "net1",
+                    &format!("k{l}"),
+                    Some(ep(l)),
+                    &members(),
+                    1,
+                )
             })
             .collect();
         deliver(&mut t, outs, 1);
         // a's last endpoint on net1 goes: it leaves net1, c drops a's records.
-        let outs = t.get_mut("a").expect("a").set_local("net1", "k2", None, &members(), 2);
+        let outs = t
+            .get_mut("a")
+            .expect("a")
+            .set_local("net1", "k2", None, &members(), 2);
         deliver(&mut t, outs, 2);
         assert!(t["c"].remote_endpoints("net1").is_empty());
         assert!(t["c"].peers("net1").iter().all(|(p, _)| p != "a"));
@@ -674,7 +720,10 @@ mod tests {
         let a = t.get_mut("a").expect("a");
         a.sync(&members(), 2 + TOMBSTONE_TTL_NANOS + 1);
         assert!(a.local.is_empty(), "tombstone collected");
-        assert!(a.remote.is_empty(), "records of networks a left are dropped");
+        assert!(
+            a.remote.is_empty(),
+            "records of networks a left are dropped"
+        );
     }
 
     #[test]

@@ -636,11 +636,14 @@ impl Runtime {
         // Overlay networks: an address from the swarm, then the veth.
         let first_if = usize::from(rec.net_mode == NetMode::Bridge);
         for (i, n) in rec.networks.iter().enumerate() {
-            let ep = self.join_overlay(&mut cleanup, rec, &n.id, &ns, i + first_if).await?;
+            let ep = self
+                .join_overlay(&mut cleanup, rec, &n.id, &ns, i + first_if)
+                .await?;
             cleanup.overlays.push(ep);
         }
         let overlays = cleanup.overlays.clone();
-        let bundle_spec = self.bundle_spec(rec, &dir, &rootfs, net, endpoint.as_ref(), &overlays)?;
+        let bundle_spec =
+            self.bundle_spec(rec, &dir, &rootfs, net, endpoint.as_ref(), &overlays)?;
         let spec_bytes = serde_json::to_vec_pretty(&bundle_spec)
             .map_err(|e| RuntimeError::Internal(format!("encode config.json: {e}")))?;
         std::fs::write(dir.join("config.json"), spec_bytes).map_err(io_err("write config.json"))?;
@@ -767,7 +770,14 @@ impl Runtime {
         cleanup.addresses.push(att.network_id.clone());
         let host_veth = format!("vo{}{}", &rec.id[..7], index);
         self.overlay
-            .join(&att, ns, &format!("eth{index}"), &host_veth, &rec.id, &rec.name)
+            .join(
+                &att,
+                ns,
+                &format!("eth{index}"),
+                &host_veth,
+                &rec.id,
+                &rec.name,
+            )
             .await
             .map_err(|e| RuntimeError::Internal(crate::error_chain(&e)))
     }
@@ -1030,7 +1040,11 @@ impl Runtime {
 
     /// `POST /networks/{id}/connect`: the container joins an overlay
     /// network, at once if it runs (a new interface), else at its start.
-    pub async fn connect(self: &Arc<Self>, name_or_id: &str, network: &str) -> Result<(), RuntimeError> {
+    pub async fn connect(
+        self: &Arc<Self>,
+        name_or_id: &str,
+        network: &str,
+    ) -> Result<(), RuntimeError> {
         let c = self.get(name_or_id)?;
         let _op = c.op.lock().await;
         let rec = c.record();
@@ -1070,7 +1084,10 @@ impl Runtime {
                 armed: false,
             };
             let ns = self.netns_path(&rec.id);
-            let ep = match self.join_overlay(&mut cleanup, &rec, &att.network_id, &ns, index).await {
+            let ep = match self
+                .join_overlay(&mut cleanup, &rec, &att.network_id, &ns, index)
+                .await
+            {
                 Ok(ep) => ep,
                 Err(e) => {
                     for n in &cleanup.addresses {
@@ -1136,12 +1153,19 @@ impl Runtime {
 
     /// The containers of this node on an overlay network, with their
     /// endpoints (`docker network inspect`).
-    pub fn on_network(&self, network_id: &str) -> Vec<(ContainerRecord, crate::overlay::OverlayEndpoint)> {
+    pub fn on_network(
+        &self,
+        network_id: &str,
+    ) -> Vec<(ContainerRecord, crate::overlay::OverlayEndpoint)> {
         self.list()
             .into_iter()
             .filter_map(|c| {
                 let r = c.record();
-                let ep = r.overlays.iter().find(|o| o.network_id == network_id)?.clone();
+                let ep = r
+                    .overlays
+                    .iter()
+                    .find(|o| o.network_id == network_id)?
+                    .clone();
                 Some((r, ep))
             })
             .collect()
@@ -1241,7 +1265,10 @@ impl Drop for Cleanup {
         tokio::spawn(async move {
             rt.teardown(&id, ep.as_ref(), &overlays).await;
             if let Ok(cluster) = rt.cluster() {
-                for n in addresses.iter().filter(|n| !overlays.iter().any(|o| &o.network_id == *n)) {
+                for n in addresses
+                    .iter()
+                    .filter(|n| !overlays.iter().any(|o| &o.network_id == *n))
+                {
                     cluster.detach(n, &id).await;
                 }
             }

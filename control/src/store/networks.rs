@@ -230,9 +230,7 @@ impl State {
             Some(r) => {
                 let range = parse_net(r)?.trunc();
                 if !subnet.contains(&range.network()) || !subnet.contains(&range.broadcast()) {
-                    return Err(invalid(format!(
-                        "no matching subnet for range {r}"
-                    )));
+                    return Err(invalid(format!("no matching subnet for range {r}")));
                 }
                 Some(range)
             }
@@ -344,7 +342,12 @@ impl State {
     }
 
     /// Drops every address a node held (it left the swarm).
-    pub(super) fn release_node_addresses(&mut self, node_id: &str, index: u64, now: &str) -> Vec<String> {
+    pub(super) fn release_node_addresses(
+        &mut self,
+        node_id: &str,
+        index: u64,
+        now: &str,
+    ) -> Vec<String> {
         let mut touched = Vec::new();
         for n in self.networks.values_mut() {
             let before = n.addresses.len();
@@ -383,7 +386,8 @@ mod tests {
     }
 
     fn create(s: &mut State, r: NetworkRequest) -> Result<(), CommandError> {
-        s.apply(Command::CreateNetwork { req: Box::new(r) }, "t").map(|_| ())
+        s.apply(Command::CreateNetwork { req: Box::new(r) }, "t")
+            .map(|_| ())
     }
 
     #[test]
@@ -410,7 +414,8 @@ mod tests {
         let e = create(&mut s, req("n9", "net9", None)).expect_err("exhausted");
         assert!(e.to_string().contains("could not find an available"), "{e}");
         // Removing one frees its subnet for the next.
-        s.apply(Command::RemoveNetwork { id: "n2".into() }, "t").expect("rm");
+        s.apply(Command::RemoveNetwork { id: "n2".into() }, "t")
+            .expect("rm");
         create(&mut s, req("n10", "net10", None)).expect("reuse");
         assert_eq!(s.networks["n10"].subnet.to_string(), "198.19.0.128/26");
         // Explicit subnets count as taken.
@@ -469,7 +474,10 @@ mod tests {
             let e = create(&mut s, r.clone()).expect_err(&format!("{r:?}"));
             assert!(e.to_string().contains(want), "{r:?}: {e}");
         }
-        assert_eq!(s.networks, before.networks, "refused creates change nothing");
+        assert_eq!(
+            s.networks, before.networks,
+            "refused creates change nothing"
+        );
         assert_eq!(s.index, before.index);
         // A retried proposal of the same network is no error.
         let idx = s.index;
@@ -503,7 +511,11 @@ mod tests {
             .map(|_| s.networks["a"].address_of(c))
         };
         assert_eq!(alloc(&mut s, "c1"), Ok(Some(Ipv4Addr::new(198, 19, 1, 2))));
-        assert_eq!(alloc(&mut s, "c1"), Ok(Some(Ipv4Addr::new(198, 19, 1, 2))), "idempotent");
+        assert_eq!(
+            alloc(&mut s, "c1"),
+            Ok(Some(Ipv4Addr::new(198, 19, 1, 2))),
+            "idempotent"
+        );
         for c in ["c2", "c3", "c4", "c5"] {
             alloc(&mut s, c).expect("alloc");
         }
@@ -519,9 +531,18 @@ mod tests {
         )
         .expect("release");
         assert_eq!(alloc(&mut s, "c7"), Ok(Some(Ipv4Addr::new(198, 19, 1, 4))));
-        s.apply(Command::RemoveNode { id: "n1".into(), force: true }, "t")
-            .expect("rm node");
-        assert!(s.networks["a"].addresses.is_empty(), "a removed node's addresses go");
+        s.apply(
+            Command::RemoveNode {
+                id: "n1".into(),
+                force: true,
+            },
+            "t",
+        )
+        .expect("rm node");
+        assert!(
+            s.networks["a"].addresses.is_empty(),
+            "a removed node's addresses go"
+        );
         // ip-range limits where addresses come from.
         create(
             &mut s,
@@ -542,7 +563,10 @@ mod tests {
             "t",
         )
         .expect("alloc");
-        assert_eq!(s.networks["b"].address_of("x"), Some(Ipv4Addr::new(198, 19, 2, 128)));
+        assert_eq!(
+            s.networks["b"].address_of("x"),
+            Some(Ipv4Addr::new(198, 19, 2, 128))
+        );
     }
 
     #[test]
