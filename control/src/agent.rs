@@ -1131,6 +1131,12 @@ async fn attach_on_manager(
         mtu: net.mtu(),
         ip,
         data_path_port: u16::try_from(port).unwrap_or(4789),
+        created_at: net.created_at.clone(),
+        labels: net.labels.clone(),
+        options: net.options.clone(),
+        attachable: net.attachable,
+        internal: net.internal,
+        ip_range: net.ip_range,
     })
 }
 

@@ -126,6 +126,12 @@ fn up(nodes: u8, managers: u8, dir: &Path, detach: bool, registry_data: &Path) -
     println!("  export DOCKER_HOST=unix://{}", sock.display());
     println!("  docker node ls");
     println!("  docker info");
+    if let Ok(ip) = fs::read_to_string(dir.join("ping-b.ip")) {
+        println!(
+            "  docker exec ping-a ping -c 3 {}    # node1 to node2 over the overlay network demo-net",
+            ip.trim()
+        );
+    }
     println!("  docker run -d --name web nginx          # from the demo's registry mirror");
     println!(
         "  ip netns exec {PREFIX}-n1 curl -s $(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' web)"
@@ -289,7 +295,67 @@ fn build(
         thread::sleep(Duration::from_millis(200));
     }
     print!("{}", docker(1, &["node", "ls"])?);
-    Ok(())
+    // Containers on two nodes, on one overlay network, ping each other.
+    let other = if nodes >= 2 { 2 } else { 1 };
+    print!(
+        "{}",
+        docker(
+            1,
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--attachable",
+                "--subnet",
+                "198.19.0.0/24",
+                "demo-net",
+            ],
+        )?
+    );
+    for (i, name) in [(1, "ping-a"), (other, "ping-b")] {
+        print!(
+            "{}",
+            docker(
+                i,
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    name,
+                    "--network",
+                    "demo-net",
+                    "busybox",
+                    "sleep",
+                    "2147483647",
+                ],
+            )?
+        );
+    }
+    let ip = docker(
+        other,
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"demo-net\").IPAddress}}",
+            "ping-b",
+        ],
+    )?;
+    let ip = ip.trim();
+    fs::write(dir.join("ping-b.ip"), ip)?;
+    // The first ping may race the endpoint's announcement; give it a few.
+    let mut last = String::new();
+    for _ in 0..20 {
+        match docker(1, &["exec", "ping-a", "ping", "-c", "3", "-W", "1", ip]) {
+            Ok(out) => {
+                print!("{out}");
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    bail!("ping-a on node1 could not reach ping-b on node{other} at {ip}: {last}")
 }
 
 fn wait_ping(sock: &Path) -> Result<()> {

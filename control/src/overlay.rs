@@ -47,6 +47,20 @@ pub struct Attachment {
     pub mtu: Option<u32>,
     pub ip: Ipv4Addr,
     pub data_path_port: u16,
+    /// The rest of the network's definition, for a worker's `docker
+    /// network inspect`.
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
 }
 
 /// A container's endpoint on an overlay network, as its record keeps it.

@@ -288,6 +288,42 @@ fn networks_are_isolated_and_multi_homed() {
     );
     assert_eq!(ping_from(n1, "a1", &b2, 2), 0, "net1 reached net2");
     assert_eq!(ping_from(n3, "b2", &a1, 2), 0, "net2 reached net1");
+    // Inspect on a worker: its own containers on the network, the peers.
+    let v: serde_json::Value =
+        serde_json::from_str(&n2.docker_ok(&["network", "inspect", "net1"])).expect("inspect JSON");
+    let net = &v[0];
+    let names: Vec<&str> = net["Containers"]
+        .as_object()
+        .expect("Containers")
+        .values()
+        .filter_map(|c| c["Name"].as_str())
+        .collect();
+    assert_eq!(names, ["both"], "only this node's containers: {net}");
+    let peers: BTreeSet<&str> = net["Peers"]
+        .as_array()
+        .expect("Peers")
+        .iter()
+        .filter_map(|p| p["IP"].as_str())
+        .collect();
+    let want: BTreeSet<String> = [n1.addr(), n2.addr()]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        peers,
+        want.iter().map(String::as_str).collect(),
+        "the nodes on net1: {net}"
+    );
+    // A worker lists the swarm networks its containers are on.
+    let ls3 = n3.docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        "driver=overlay",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(ls3.trim(), "net2", "node3 is on net2 only");
     // disconnect: both loses net2.
     n2.docker_ok(&["network", "disconnect", "net2", "both"]);
     assert_eq!(
