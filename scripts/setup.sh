@@ -15,7 +15,7 @@ LLVM_PREFIX=/usr/lib/llvm-$LLVM_MAJOR
 APT_PACKAGES=(
     "llvm-$LLVM_MAJOR-dev" "libclang-$LLVM_MAJOR-dev" libzstd-dev
     iproute2 tshark bpftool tcpdump ethtool iputils-ping netcat-openbsd
-    dnsutils curl runc python3-pip
+    dnsutils curl runc python3-pip iperf3
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -113,11 +113,16 @@ pub fn list() -> Vec<String> {
 /// harness sends packets from a node. The caller's thread never changes
 /// namespace.
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = path_of(name);
+    in_netns_path(&path_of(name), f)
+}
+
+/// [`in_netns`] for a namespace bind-mounted anywhere (e.g. a container's,
+/// under its agent's exec root).
+pub fn in_netns_path<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
     thread::scope(|s| {
         s.spawn(|| {
             let file =
-                File::open(&path).unwrap_or_else(|e| panic!("open netns {}: {e}", path.display()));
+                File::open(path).unwrap_or_else(|e| panic!("open netns {}: {e}", path.display()));
             setns(&file, CloneFlags::CLONE_NEWNET)
                 .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
             f()
