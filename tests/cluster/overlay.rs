@@ -345,6 +345,22 @@ fn a_lower_underlay_mtu_is_followed() {
     run_on(n2, "cb", "net1");
     let mtu = n1.docker_ok(&["exec", "ca", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu.trim(), "1350");
+    // The network's MTU option wins over the underlay's.
+    n1.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "--subnet",
+        "198.19.3.0/24",
+        "--opt",
+        "com.docker.network.driver.mtu=1300",
+        "small",
+    ]);
+    run_on(n1, "cs", "small");
+    let mtu = n1.docker_ok(&["exec", "cs", "cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1300");
     let ip_b = ip_on(n2, "cb", "net1");
     wait_ping(n1, "ca", &ip_b);
     n2.docker_ok(&[
@@ -826,4 +842,31 @@ fn an_agent_restart_does_not_stop_the_traffic() {
     println!("ping across two agent restarts: {received}/80 replies");
     assert!(received >= 70, "lost more than a second of replies: {text}");
     assert_eq!(ping_from(n1, "c1", &ip2, 1), 1);
+}
+
+/// A partition heals: a node cut off long enough to be declared dead
+/// learns, once back, of a container started while it was away (the
+/// periodic sync and the rejoin bring it), and the others relearn its own.
+#[test]
+fn a_partition_heals() {
+    let c = Cluster::builder(3).registry().build();
+    swarm_with_net1(&c);
+    let (n1, n3) = (c.node(1), c.node(3));
+    run_on(n1, "c1", "net1");
+    run_on(n3, "c3", "net1");
+    let ip3 = ip_on(n3, "c3", "net1");
+    wait_ping(n1, "c1", &ip3);
+    n3.cut_link();
+    // Long enough for SWIM to declare node3 dead on both sides.
+    thread::sleep(Duration::from_secs(6));
+    run_on(n1, "late", "net1");
+    let late = ip_on(n1, "late", "net1");
+    n3.heal_link();
+    let t0 = Instant::now();
+    wait_ping(n3, "c3", &late);
+    wait_ping(n1, "late", &ip3);
+    println!(
+        "after the partition healed, both ways again in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

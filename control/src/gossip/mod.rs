@@ -512,6 +512,7 @@ impl TableDriver {
     async fn run(mut self, mut rx: mpsc::Receiver<TableInput>, cancel: CancellationToken) {
         let mut watch = tokio::time::interval(TABLE_WATCH);
         let mut sync = tokio::time::interval(TABLE_SYNC);
+        let mut was_live: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -534,6 +535,14 @@ impl TableDriver {
                             info!(node = %owner, "endpoints of a dead node removed");
                         }
                     }
+                    let new: Vec<String> = live
+                        .iter()
+                        .filter(|m| **m != self.me && !was_live.contains(m))
+                        .cloned()
+                        .collect();
+                    let outs = self.table.hello(&new, unix_nanos());
+                    self.send(outs).await;
+                    was_live = live;
                 }
                 _ = sync.tick() => {
                     let live = self.live();

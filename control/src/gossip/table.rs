@@ -383,6 +383,20 @@ impl Table {
             .collect()
     }
 
+    /// This node's networks for members that just came up (joined, back
+    /// from a partition, restarted): they answer with their records of
+    /// the networks both are on.
+    pub fn hello(&mut self, to: &[String], now: u64) -> Vec<Out> {
+        if to.is_empty() {
+            return Vec::new();
+        }
+        let msg = self.networks_message(now);
+        vec![Out {
+            to: to.to_vec(),
+            msg,
+        }]
+    }
+
     /// The periodic work: this node's networks to every live member, its
     /// records to the nodes on each network, tombstones collected.
     pub fn sync(&mut self, live: &[String], now: u64) -> Vec<Out> {
@@ -690,6 +704,47 @@ mod tests {
                 .iter()
                 .any(|r| r.owner == "c")
         );
+    }
+
+    #[test]
+    fn hello_after_a_partition_brings_records_back_both_ways() {
+        let mut t = three();
+        let outs = [("a", 2u8), ("c", 3)]
+            .into_iter()
+            .flat_map(|(n, l)| {
+                t.get_mut(n).expect("t").set_local(
+                    "net1",
+                    &format!("k{l}"),
+                    Some(ep(l)),
+                    &members(),
+                    1,
+                )
+            })
+            .collect();
+        deliver(&mut t, outs, 1);
+        // Each side declared the other dead.
+        assert!(t.get_mut("a").expect("a").node_down("c"));
+        assert!(t.get_mut("c").expect("c").node_down("a"));
+        // a adds an endpoint while apart (the delta goes nowhere).
+        let lost = t
+            .get_mut("a")
+            .expect("a")
+            .set_local("net1", "k5", Some(ep(5)), &members(), 2);
+        assert!(
+            lost.iter().all(|o| !o.to.contains(&"c".to_owned())),
+            "{lost:?}"
+        );
+        // Back: each greets the other, and each answers with its records.
+        let mut outs = t.get_mut("a").expect("a").hello(&["c".into()], 3);
+        outs.extend(t.get_mut("c").expect("c").hello(&["a".into()], 3));
+        deliver(&mut t, outs, 3);
+        assert_eq!(t["a"].remote_endpoints("net1").len(), 1);
+        let keys: BTreeSet<String> = t["c"]
+            .remote_endpoints("net1")
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        assert_eq!(keys, ["k2".to_owned(), "k5".to_owned()].into());
     }
 
     #[test]
