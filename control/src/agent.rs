@@ -139,6 +139,7 @@ impl Active {
     /// Stops everything this membership runs.
     async fn stop(&self) {
         self.cancel.cancel();
+        self.gossip.stopped().await;
         if let Some(store) = &self.store {
             store.shutdown().await;
         }

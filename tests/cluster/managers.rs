@@ -538,7 +538,14 @@ fn leader_failover() {
         leader, old,
         "the restarted old leader took the leadership back"
     );
-    let rows = c.node(old).node_ls();
+    // The old leader's own view catches up with the new leader's writes.
+    let rows = retry(&format!("{old_host} Reachable in its own view"), || {
+        let rows = c.node(old).try_node_ls()?;
+        match row(&rows, &old_host) {
+            Some(r) if r.manager_status == "Reachable" => Ok(rows),
+            other => Err(format!("{other:?}")),
+        }
+    });
     assert_eq!(
         row(&rows, &old_host).map(|r| r.manager_status.as_str()),
         Some("Reachable"),

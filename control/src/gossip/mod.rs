@@ -98,6 +98,10 @@ const KIND_TABLE: u8 = 1;
 const TABLE_WATCH: Duration = Duration::from_millis(250);
 /// How often a node sends its networks and all its records.
 const TABLE_SYNC: Duration = Duration::from_secs(3);
+/// How long a member must stay down before its endpoints are purged: an
+/// agent that restarts comes back with a new identity within it, and its
+/// containers' traffic is not cut meanwhile.
+const PURGE_AFTER: Duration = Duration::from_millis(300);
 
 enum Input {
     Data(Vec<u8>),
@@ -111,6 +115,8 @@ pub struct Gossip {
     tx: mpsc::Sender<Input>,
     view: Arc<RwLock<HashMap<String, MemberView>>>,
     pub endpoints: Endpoints,
+    /// The tasks that hold the socket; [`Gossip::stopped`] waits for them.
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// What the table tells the rest of the agent: other nodes' endpoints and
@@ -199,6 +205,7 @@ impl Gossip {
         let socket = Arc::new(socket);
         let (tx, rx) = mpsc::channel(1024);
         let (table_tx, table_rx) = mpsc::channel(4096);
+        let mut tasks = Vec::new();
         let view = Arc::new(RwLock::new(HashMap::new()));
         let sender_id: u64 = rand::random();
         let me = MemberId {
@@ -221,7 +228,7 @@ impl Gossip {
             let metrics = metrics.clone();
             let cancel = cancel.clone();
             let mut opener = wire::Opener::new(&cfg.key);
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     let (n, from) = tokio::select! {
@@ -264,7 +271,7 @@ impl Gossip {
                         }
                     }
                 }
-            });
+            }));
         }
         let driver = Driver {
             foca,
@@ -290,8 +297,8 @@ impl Gossip {
             published: view_tx,
             metrics: metrics.clone(),
         };
-        tokio::spawn(tables.run(table_rx, cancel.clone()));
-        tokio::spawn(driver.run(rx, cancel));
+        tasks.push(tokio::spawn(tables.run(table_rx, cancel.clone())));
+        tasks.push(tokio::spawn(driver.run(rx, cancel)));
         for seed in cfg.seeds {
             let _ = tx.send(Input::Announce(seed)).await;
         }
@@ -302,12 +309,22 @@ impl Gossip {
                 tx: table_tx,
                 view: view_rx,
             },
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
         })
     }
 
     /// Every member foca knows of, by node ID, newest identity first.
     pub fn members(&self) -> HashMap<String, MemberView> {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the tasks of a cancelled gossip have ended, so its port
+    /// is free again (a role switch binds it anew at once).
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Tells the cluster this member leaves, then stops answering.
@@ -513,6 +530,7 @@ impl TableDriver {
         let mut watch = tokio::time::interval(TABLE_WATCH);
         let mut sync = tokio::time::interval(TABLE_SYNC);
         let mut was_live: Vec<String> = Vec::new();
+        let mut down_since: HashMap<String, tokio::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -530,8 +548,14 @@ impl TableDriver {
                 },
                 _ = watch.tick() => {
                     let live = self.live();
+                    let now = tokio::time::Instant::now();
+                    down_since.retain(|n, _| !live.contains(n));
                     for owner in self.table.owners() {
-                        if !live.contains(&owner) && self.table.node_down(&owner) {
+                        if live.contains(&owner) {
+                            continue;
+                        }
+                        let since = *down_since.entry(owner.clone()).or_insert(now);
+                        if now.duration_since(since) >= PURGE_AFTER && self.table.node_down(&owner) {
                             info!(node = %owner, "endpoints of a dead node removed");
                         }
                     }

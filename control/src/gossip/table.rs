@@ -57,12 +57,16 @@ pub struct Sync {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// A node's whole set of overlay networks.
+    /// A node's whole set of overlay networks; with `reply`, the receiver
+    /// answers with all its records of the networks both are on (a
+    /// greeting from a member that just came up).
     Networks {
         node: String,
         vtep: Ipv4Addr,
         version: u64,
         networks: Vec<String>,
+        #[serde(default)]
+        reply: bool,
     },
     /// Records of `owner` on `network`.
     Records {
@@ -170,13 +174,14 @@ impl Table {
         self.peers(network).into_iter().map(|(id, _)| id).collect()
     }
 
-    fn networks_message(&mut self, now: u64) -> Message {
+    fn networks_message(&mut self, now: u64, reply: bool) -> Message {
         let version = self.next_version(now);
         Message::Networks {
             node: self.me.clone(),
             vtep: self.vtep,
             version,
             networks: self.my_networks(),
+            reply,
         }
     }
 
@@ -228,7 +233,7 @@ impl Table {
             });
         }
         if self.my_networks() != before {
-            let msg = self.networks_message(now);
+            let msg = self.networks_message(now, false);
             out.push(Out {
                 to: others(all_members, &self.me),
                 msg,
@@ -247,6 +252,7 @@ impl Table {
                 vtep,
                 version,
                 networks,
+                reply,
             } => {
                 if node == self.me {
                     return (Vec::new(), false);
@@ -267,8 +273,16 @@ impl Table {
                     self.assembling.remove(&(n.clone(), node.clone()));
                 }
                 let mine: BTreeSet<String> = self.my_networks().into_iter().collect();
+                let theirs = self
+                    .peers
+                    .get(&node)
+                    .map(|p| p.networks.clone())
+                    .unwrap_or_default();
                 let mut out = Vec::new();
-                for n in joined.iter().filter(|n| mine.contains(*n)) {
+                for n in mine
+                    .iter()
+                    .filter(|n| joined.contains(*n) || (reply && theirs.contains(*n)))
+                {
                     out.extend(self.full_push(n, std::slice::from_ref(&node)));
                 }
                 (out, changed)
@@ -390,7 +404,7 @@ impl Table {
         if to.is_empty() {
             return Vec::new();
         }
-        let msg = self.networks_message(now);
+        let msg = self.networks_message(now, true);
         vec![Out {
             to: to.to_vec(),
             msg,
@@ -401,7 +415,7 @@ impl Table {
     /// records to the nodes on each network, tombstones collected.
     pub fn sync(&mut self, live: &[String], now: u64) -> Vec<Out> {
         let mut out = Vec::new();
-        let msg = self.networks_message(now);
+        let msg = self.networks_message(now, false);
         out.push(Out {
             to: others(live, &self.me),
             msg,
@@ -745,6 +759,33 @@ mod tests {
             .map(|r| r.key)
             .collect();
         assert_eq!(keys, ["k2".to_owned(), "k5".to_owned()].into());
+    }
+
+    #[test]
+    fn a_restarted_node_is_answered_at_once() {
+        let mut t = three();
+        let outs = [("a", 2u8), ("c", 3)]
+            .into_iter()
+            .flat_map(|(n, l)| {
+                t.get_mut(n).expect("t").set_local(
+                    "net1",
+                    &format!("k{l}"),
+                    Some(ep(l)),
+                    &members(),
+                    1,
+                )
+            })
+            .collect();
+        deliver(&mut t, outs, 1);
+        // c's agent restarts: an empty table, its endpoint adopted again;
+        // a never saw c go down, so nothing in a's view changed.
+        let mut fresh = Table::new("c", Ipv4Addr::new(198, 18, 0, 13));
+        let _ = fresh.set_local("net1", "k3", Some(ep(3)), &members(), 5);
+        t.insert("c".into(), fresh);
+        assert!(t["c"].remote_endpoints("net1").is_empty());
+        let outs = t.get_mut("c").expect("c").hello(&["a".into()], 6);
+        deliver(&mut t, outs, 6);
+        assert_eq!(t["c"].remote_endpoints("net1")[0].endpoint, ep(2));
     }
 
     #[test]
