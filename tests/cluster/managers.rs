@@ -442,6 +442,7 @@ fn formation() {
 /// meanwhile.
 #[test]
 fn leader_failover() {
+    let _alone = swarmnet_tests::exclusive();
     const T: &str = "leader_failover";
     let (c, _) = three_managers(T, 1, 0);
     let target = "node4";
@@ -567,6 +568,7 @@ fn leader_failover() {
 /// back: writes succeed again and nothing acknowledged was lost.
 #[test]
 fn quorum_loss() {
+    let _alone = swarmnet_tests::exclusive();
     const T: &str = "quorum_loss";
     let (c, _) = three_managers(T, 1, 0);
     let target = "node4";
@@ -662,6 +664,7 @@ fn quorum_loss() {
 /// shows exactly the acknowledged writes of both periods.
 #[test]
 fn partition() {
+    let _alone = swarmnet_tests::exclusive();
     const T: &str = "partition";
     let cut_for = env_secs(ENV_PARTITION, 20);
     let (c, _) = three_managers(T, 1, 0);
@@ -945,6 +948,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// attempted: acknowledged ⊆ present ⊆ attempted.
 #[test]
 fn history() {
+    let _alone = swarmnet_tests::exclusive();
     const T: &str = "history";
     let run_for = env_secs(ENV_HISTORY, 60);
     let seed = seed();
@@ -1177,6 +1181,7 @@ fn rm_manager() {
 /// the last manager of a swarm cannot be demoted.
 #[test]
 fn promote_demote() {
+    let _alone = swarmnet_tests::exclusive();
     // needs: promote/demote (node update with a changed Spec.Role)
     const T: &str = "promote_demote";
     let (c, _) = three_managers(T, 1, 0);

@@ -127,6 +127,7 @@ impl ClusterBuilder {
     #[track_caller]
     pub fn build(mut self) -> Cluster {
         require_root();
+        let claim = crate::exclusive::shared();
         reap_stale();
         containers::become_subreaper();
         let (prefix, dir) = claim_prefix();
@@ -141,6 +142,7 @@ impl ClusterBuilder {
             hub: None,
             nodes: Vec::new(),
             registry: None,
+            _claim: claim,
         };
         let hub_name = format!("{prefix}-hub");
         record_netns(&dir, &hub_name);
@@ -258,6 +260,8 @@ pub struct Cluster {
     hub: Option<NetNs>,
     nodes: Vec<Node>,
     registry: Option<Registry>,
+    /// Shared with other clusters; a test that runs alone waits for it.
+    _claim: crate::exclusive::Claim,
 }
 
 impl Cluster {

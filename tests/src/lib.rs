@@ -23,6 +23,7 @@
 pub mod cluster;
 pub mod containers;
 pub mod eventually;
+pub mod exclusive;
 pub mod fakereg;
 pub mod http;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub mod util;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, NodeRow, SwarmTokens};
 pub use eventually::{patience, retry};
+pub use exclusive::exclusive;
 pub use http::HttpResponse;
 pub use metrics::Metrics;
 pub use util::{require_root, rt};
