@@ -29,6 +29,9 @@ pub const ENV_BIN: &str = "SWARMNET_BIN";
 pub const ENV_DOCKER_CLI: &str = "SWARMNET_DOCKER_CLI";
 /// Env var: keep each cluster's temp dir (logs, data dirs) when set to 1.
 pub const ENV_KEEP: &str = "SWARMNET_TEST_KEEP";
+/// Env var: every agent's `--log-level` filter for one run (e.g.
+/// `info,openraft=debug`), unless a test sets its own.
+pub const ENV_AGENT_LOG: &str = "SWARMNET_TEST_AGENT_LOG";
 
 /// The underlay subnet (RFC 2544 benchmarking range, never routed).
 pub const UNDERLAY_PREFIX: [u8; 3] = [198, 18, 0];
@@ -66,7 +69,10 @@ impl ClusterBuilder {
         Self {
             nodes,
             agents: true,
-            log_level: "info".to_owned(),
+            // SWARMNET_TEST_AGENT_LOG: every agent's filter for one run
+            // (e.g. `info,openraft=debug`).
+            log_level: std::env::var("SWARMNET_TEST_AGENT_LOG")
+                .unwrap_or_else(|_| "info".to_owned()),
             extra_args: Vec::new(),
             env: Vec::new(),
             agent_bin: None,

@@ -129,6 +129,13 @@ impl Store {
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
+            // openraft gives an AppendEntries one heartbeat (100 ms) to
+            // come back. Its default batch of 300 entries can take longer
+            // on a loaded node (and a timed-out call reconnects, paying a
+            // TLS handshake), so a follower that fell behind was sent the
+            // same batch again and again and never caught up. Small
+            // batches always make progress.
+            max_payload_entries: 32,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval),
             max_in_snapshot_log_to_keep: keep_logs,
             ..Default::default()
