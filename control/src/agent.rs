@@ -293,6 +293,7 @@ impl Agent {
         network: &str,
         container_id: &str,
         allocate: bool,
+        task: Option<&str>,
     ) -> Result<crate::overlay::Attachment, ApiError> {
         let active = self
             .active()
@@ -305,6 +306,7 @@ impl Agent {
                 network,
                 container_id,
                 allocate,
+                task,
             )
             .await
             .map_err(|(kind, message)| remote_error(kind, message));
@@ -313,6 +315,7 @@ impl Agent {
             network: network.to_owned(),
             container_id: container_id.to_owned(),
             allocate,
+            task_id: task.map(str::to_owned),
         };
         match self.ask_managers(&active, &req).await? {
             Response::Attached(a) => Ok(*a),
@@ -349,7 +352,7 @@ impl Agent {
 
     /// A request to the managers this worker knows, in turn, until one
     /// answers; a refusal is the answer.
-    async fn ask_managers(
+    pub async fn ask_managers(
         &self,
         active: &Active,
         req: &mgmt::Request,
@@ -559,6 +562,15 @@ impl Agent {
             local.gossip_port,
             local.listen_addr.port(),
         );
+        if let Some(store) = &store {
+            tokio::spawn(crate::orchestrator::run(store.clone(), cancel.clone()));
+        }
+        tokio::spawn(crate::worker::run(
+            self.clone(),
+            local.node_id.clone(),
+            store.clone(),
+            cancel.clone(),
+        ));
         if let Some(store) = &store {
             tokio::spawn(reconcile_node_states(
                 self.clone(),
@@ -1028,6 +1040,7 @@ impl crate::runtime::Cluster for AgentNetworks {
         network: &'a str,
         container_id: &'a str,
         allocate: bool,
+        task: Option<&'a str>,
     ) -> crate::runtime::BoxFuture<
         'a,
         Result<crate::overlay::Attachment, crate::runtime::RuntimeError>,
@@ -1037,7 +1050,7 @@ impl crate::runtime::Cluster for AgentNetworks {
                 crate::runtime::RuntimeError::Internal("the agent stopped".into())
             })?;
             agent
-                .attach_network(network, container_id, allocate)
+                .attach_network(network, container_id, allocate, task)
                 .await
                 .map_err(runtime_error)
         })
@@ -1077,6 +1090,7 @@ async fn attach_on_manager(
     network: &str,
     container_id: &str,
     allocate: bool,
+    task: Option<&str>,
 ) -> Result<crate::overlay::Attachment, (ErrorKind, String)> {
     let found = store.read(|s| {
         let n = s.find_network(network)?.clone();
@@ -1084,12 +1098,19 @@ async fn attach_on_manager(
             .cluster
             .as_ref()
             .map_or(DEFAULT_DATA_PATH_PORT, |c| c.data_path_port);
-        Some((n, port))
+        // A task of a service on this network, run by the caller.
+        let task_net = task.and_then(|t| s.tasks.get(t)).is_some_and(|t| {
+            t.node_id == node_id
+                && s.service(&t.service_id).is_some_and(|svc| {
+                    crate::store::services::spec_networks(&svc.spec).contains(&n.id)
+                })
+        });
+        Some((n, port, task_net))
     });
-    let Some((net, port)) = found else {
+    let Some((net, port, task_net)) = found else {
         return Err((ErrorKind::NotFound, format!("network {network} not found")));
     };
-    if !net.attachable {
+    if !net.attachable && !task_net {
         return Err((
             ErrorKind::PermissionDenied,
             format!(
@@ -1366,6 +1387,7 @@ impl mgmt::Handler for ManagerHandler {
                 network,
                 container_id,
                 allocate,
+                task_id,
             } => {
                 let Some((node_id, _)) = caller else {
                     return Response::error(
@@ -1373,8 +1395,15 @@ impl mgmt::Handler for ManagerHandler {
                         "a node certificate is required",
                     );
                 };
-                match attach_on_manager(&self.store, &node_id, &network, &container_id, allocate)
-                    .await
+                match attach_on_manager(
+                    &self.store,
+                    &node_id,
+                    &network,
+                    &container_id,
+                    allocate,
+                    task_id.as_deref(),
+                )
+                .await
                 {
                     Ok(a) => Response::Attached(Box::new(a)),
                     Err((kind, message)) => Response::error(kind, message),
@@ -1396,6 +1425,40 @@ impl mgmt::Handler for ManagerHandler {
                         network_id,
                         container_id,
                     })
+                    .await
+                {
+                    Ok(_) => Response::Ok,
+                    Err(e) => Response::error(ErrorKind::Unavailable, e.to_string()),
+                }
+            }
+            mgmt::Request::Assignments => {
+                let Some((node_id, _)) = caller else {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                };
+                let (index, tasks) = self.store.read(|s| {
+                    let tasks = s
+                        .tasks
+                        .values()
+                        .filter(|t| t.node_id == node_id)
+                        .cloned()
+                        .collect();
+                    (s.index, tasks)
+                });
+                Response::Assignments { index, tasks }
+            }
+            mgmt::Request::ReportTasks { reports } => {
+                let Some((node_id, _)) = caller else {
+                    return Response::error(
+                        ErrorKind::PermissionDenied,
+                        "a node certificate is required",
+                    );
+                };
+                match self
+                    .store
+                    .write(Command::ReportTasks { node_id, reports })
                     .await
                 {
                     Ok(_) => Response::Ok,

@@ -12,12 +12,14 @@ mod gossip;
 mod images;
 mod metrics;
 mod mgmt;
+mod orchestrator;
 mod overlay;
 mod pki;
 mod runtime;
 mod store;
 mod token;
 mod util;
+mod worker;
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -60,11 +60,20 @@ pub enum Request {
         network: String,
         container_id: String,
         allocate: bool,
+        /// The swarm task the container runs, if any.
+        #[serde(default)]
+        task_id: Option<String>,
     },
     /// The container no longer holds its address on the network.
     DetachNetwork {
         network_id: String,
         container_id: String,
+    },
+    /// A node asks for the tasks assigned to it.
+    Assignments,
+    /// A node reports how its tasks go.
+    ReportTasks {
+        reports: Vec<crate::store::services::TaskReport>,
     },
 }
 
@@ -131,6 +140,11 @@ pub enum Response {
         managers: Vec<ManagerPeer>,
     },
     Attached(Box<crate::overlay::Attachment>),
+    /// The caller's tasks, as of store index `index`.
+    Assignments {
+        index: u64,
+        tasks: Vec<crate::store::services::TaskRecord>,
+    },
     Error {
         kind: ErrorKind,
         message: String,

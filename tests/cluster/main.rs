@@ -12,4 +12,5 @@ mod managers;
 mod node_update;
 mod overlay;
 mod sdk;
+mod services;
 mod tokens;

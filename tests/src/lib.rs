@@ -32,7 +32,7 @@ pub mod netns;
 pub mod util;
 
 pub use cluster::{Cluster, ClusterBuilder, Node, NodeRow, SwarmTokens};
-pub use eventually::{patience, retry};
+pub use eventually::{patience, retry, retry_for};
 pub use exclusive::exclusive;
 pub use http::HttpResponse;
 pub use metrics::Metrics;

@@ -79,8 +79,12 @@ impl From<CommandError> for ApiError {
             CommandError::NoSuchNode(_) => ApiError::NotFound(msg),
             CommandError::AlreadyInitialized => ApiError::Unavailable(ALREADY_IN_SWARM.into()),
             CommandError::NotInitialized => ApiError::Unavailable(NOT_IN_SWARM.into()),
-            CommandError::NodeExists(_) | CommandError::NetworkExists(_) => ApiError::Conflict(msg),
-            CommandError::NoSuchNetwork(_) => ApiError::NotFound(msg),
+            CommandError::NodeExists(_)
+            | CommandError::NetworkExists(_)
+            | CommandError::ServiceExists(_) => ApiError::Conflict(msg),
+            CommandError::NoSuchNetwork(_) | CommandError::NoSuchService(_) => {
+                ApiError::NotFound(msg)
+            }
             CommandError::NetworkInUse(_) => ApiError::Forbidden(msg),
             // swarmkit answers this with gRPC Unknown, which dockerd turns into a 500.
             CommandError::OutOfSequence => ApiError::Internal(msg),

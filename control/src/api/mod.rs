@@ -11,6 +11,7 @@ mod hijack;
 mod images;
 mod networks;
 mod nodes;
+mod services;
 mod swarm;
 mod system;
 
@@ -63,6 +64,15 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/networks/{id}/connect", post(networks::connect))
         .route("/networks/{id}/disconnect", post(networks::disconnect))
+        .route("/services", get(services::list))
+        .route("/services/create", post(services::create))
+        .route(
+            "/services/{id}",
+            get(services::inspect).delete(services::remove),
+        )
+        .route("/services/{id}/update", post(services::update))
+        .route("/tasks", get(services::tasks))
+        .route("/tasks/{id}", get(services::task))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/{id}", delete(containers::remove))
@@ -187,6 +197,16 @@ pub(crate) async fn require_manager(agent: &Agent) -> Result<Arc<Store>, ApiErro
             .clone()
             .ok_or_else(|| ApiError::Unavailable(error::NOT_A_MANAGER.into())),
     }
+}
+
+/// The `?version=N` of an update (of a node, a service, ...).
+pub(crate) fn query_version(
+    q: &std::collections::HashMap<String, String>,
+    object: &str,
+) -> Result<u64, ApiError> {
+    let raw = q.get("version").map(String::as_str).unwrap_or_default();
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid {object} version '{raw}'")))
 }
 
 /// Parses a boolean query parameter as dockerd does (`1`, `true`, ...).

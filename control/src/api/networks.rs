@@ -193,7 +193,7 @@ async fn swarm_networks(agent: &Agent) -> (Vec<NetworkRecord>, HashMap<String, S
                     if seen.contains_key(&n.id) {
                         continue;
                     }
-                    if let Ok(att) = agent.attach_network(&n.id, &r.id, false).await {
+                    if let Ok(att) = agent.attach_network(&n.id, &r.id, false, None).await {
                         seen.insert(n.id.clone(), att);
                     }
                 }

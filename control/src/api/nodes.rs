@@ -206,10 +206,7 @@ pub async fn update(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let raw = q.get("version").map(String::as_str).unwrap_or_default();
-    let version: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("invalid node version '{raw}'")))?;
+    let version = super::query_version(&q, "node")?;
     let spec: NodeSpec = json_body(&body)?;
     let store = require_manager(&agent).await?;
     let (node_id, was_manager) = store.read(|s| {

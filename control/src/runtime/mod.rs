@@ -75,15 +75,28 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// answers: from its store on a manager, by asking one on a worker).
 pub trait Cluster: Send + Sync {
     /// Checks that `network` can take the container and, with `allocate`,
-    /// gives it an address there.
+    /// gives it an address there. `task` names the swarm task the
+    /// container runs, if it runs one: tasks also join networks that are
+    /// not attachable.
     fn attach<'a>(
         &'a self,
         network: &'a str,
         container_id: &'a str,
         allocate: bool,
+        task: Option<&'a str>,
     ) -> BoxFuture<'a, Result<crate::overlay::Attachment, RuntimeError>>;
     /// Gives the address back.
     fn detach<'a>(&'a self, network_id: &'a str, container_id: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// The swarm task a container runs, from the label dockerd's executor
+/// puts on it.
+pub fn task_of(config: &ContainerConfig) -> Option<String> {
+    config
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(crate::store::services::TASK_ID_LABEL))
+        .cloned()
 }
 
 /// Settings of the engine (the agent's command line, typed).
@@ -446,7 +459,11 @@ impl Runtime {
             Ok(m) => (m, Vec::new()),
             Err(CreateError::NoSuchNetwork(net)) => {
                 // A swarm network: it must exist and take containers.
-                let att = self.cluster()?.attach(&net, &id, false).await?;
+                let task = task_of(&config);
+                let att = self
+                    .cluster()?
+                    .attach(&net, &id, false, task.as_deref())
+                    .await?;
                 (
                     NetMode::Overlay,
                     vec![container::NetworkRef {
@@ -766,7 +783,11 @@ impl Runtime {
         ns: &std::path::Path,
         index: usize,
     ) -> Result<crate::overlay::OverlayEndpoint, RuntimeError> {
-        let att = self.cluster()?.attach(network, &rec.id, true).await?;
+        let task = task_of(&rec.config);
+        let att = self
+            .cluster()?
+            .attach(network, &rec.id, true, task.as_deref())
+            .await?;
         cleanup.addresses.push(att.network_id.clone());
         let host_veth = format!("vo{}{}", &rec.id[..7], index);
         self.overlay
@@ -1054,7 +1075,11 @@ impl Runtime {
                     .to_owned(),
             ));
         }
-        let att = self.cluster()?.attach(network, &rec.id, false).await?;
+        let task = task_of(&rec.config);
+        let att = self
+            .cluster()?
+            .attach(network, &rec.id, false, task.as_deref())
+            .await?;
         if rec.networks.iter().any(|n| n.id == att.network_id) {
             return Err(RuntimeError::Forbidden(format!(
                 "endpoint with name {} already exists in network {}",

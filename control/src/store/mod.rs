@@ -9,6 +9,7 @@
 mod log;
 mod network;
 pub mod networks;
+pub mod services;
 mod sm;
 pub mod state;
 
@@ -246,6 +247,11 @@ impl Store {
     async fn wait_applied(&self, index: u64, timeout: Duration) {
         let mut rx = self.shared.applied.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|i| *i >= index)).await;
+    }
+
+    /// Wakes on every applied proposal.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
     }
 
     pub fn is_leader(&self) -> bool {

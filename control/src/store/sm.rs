@@ -32,6 +32,8 @@ const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const CLUSTER_KEY: &str = "cluster";
 const NODE_PREFIX: &str = "node/";
 const NETWORK_PREFIX: &str = "network/";
+const SERVICE_PREFIX: &str = "service/";
+const TASK_PREFIX: &str = "task/";
 const APPLIED_KEY: &str = "applied";
 const SNAPSHOT_KEY: &str = "snapshot";
 
@@ -82,6 +84,24 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
+/// Writes an object, or deletes it when it is gone from the state.
+fn put<T: Serialize>(
+    objects: &mut redb::Table<'_, &str, &[u8]>,
+    key: &str,
+    value: Option<&T>,
+) -> Result<()> {
+    match value {
+        Some(v) => {
+            let bytes = serde_json::to_vec(v).map_err(write_err)?;
+            objects.insert(key, bytes.as_slice()).map_err(write_err)?;
+        }
+        None => {
+            objects.remove(key).map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
 impl StateMachine {
     /// Loads the state the last run had applied.
     pub fn open(db: Arc<Database>) -> Result<Self> {
@@ -104,6 +124,12 @@ impl StateMachine {
                         } else if let Some(id) = key.strip_prefix(NETWORK_PREFIX) {
                             let net = serde_json::from_slice(v.value()).map_err(read_err)?;
                             state.networks.insert(id.to_owned(), net);
+                        } else if let Some(id) = key.strip_prefix(SERVICE_PREFIX) {
+                            let svc = serde_json::from_slice(v.value()).map_err(read_err)?;
+                            state.services.insert(id.to_owned(), svc);
+                        } else if let Some(id) = key.strip_prefix(TASK_PREFIX) {
+                            let task = serde_json::from_slice(v.value()).map_err(read_err)?;
+                            state.tasks.insert(id.to_owned(), task);
                         }
                     }
                 }
@@ -179,56 +205,41 @@ impl StateMachine {
                         .map_err(write_err)?;
                 }
                 for (id, node) in &next.nodes {
-                    let bytes = serde_json::to_vec(node).map_err(write_err)?;
-                    let key = format!("{NODE_PREFIX}{id}");
-                    objects
-                        .insert(key.as_str(), bytes.as_slice())
-                        .map_err(write_err)?;
+                    put(&mut objects, &format!("{NODE_PREFIX}{id}"), Some(node))?;
                 }
                 for (id, net) in &next.networks {
-                    let bytes = serde_json::to_vec(net).map_err(write_err)?;
-                    let key = format!("{NETWORK_PREFIX}{id}");
-                    objects
-                        .insert(key.as_str(), bytes.as_slice())
-                        .map_err(write_err)?;
+                    put(&mut objects, &format!("{NETWORK_PREFIX}{id}"), Some(net))?;
+                }
+                for (id, svc) in &next.services {
+                    put(&mut objects, &format!("{SERVICE_PREFIX}{id}"), Some(svc))?;
+                }
+                for (id, task) in &next.tasks {
+                    put(&mut objects, &format!("{TASK_PREFIX}{id}"), Some(task))?;
                 }
             }
             for t in touched {
                 match t {
-                    Touched::Cluster => {
-                        let bytes = serde_json::to_vec(&next.cluster).map_err(write_err)?;
-                        objects
-                            .insert(CLUSTER_KEY, bytes.as_slice())
-                            .map_err(write_err)?;
-                    }
-                    Touched::Network(id) => {
-                        let key = format!("{NETWORK_PREFIX}{id}");
-                        match next.networks.get(id) {
-                            Some(net) => {
-                                let bytes = serde_json::to_vec(net).map_err(write_err)?;
-                                objects
-                                    .insert(key.as_str(), bytes.as_slice())
-                                    .map_err(write_err)?;
-                            }
-                            None => {
-                                objects.remove(key.as_str()).map_err(write_err)?;
-                            }
-                        }
-                    }
-                    Touched::Node(id) => {
-                        let key = format!("{NODE_PREFIX}{id}");
-                        match next.nodes.get(id) {
-                            Some(node) => {
-                                let bytes = serde_json::to_vec(node).map_err(write_err)?;
-                                objects
-                                    .insert(key.as_str(), bytes.as_slice())
-                                    .map_err(write_err)?;
-                            }
-                            None => {
-                                objects.remove(key.as_str()).map_err(write_err)?;
-                            }
-                        }
-                    }
+                    Touched::Cluster => put(&mut objects, CLUSTER_KEY, next.cluster.as_ref())?,
+                    Touched::Network(id) => put(
+                        &mut objects,
+                        &format!("{NETWORK_PREFIX}{id}"),
+                        next.networks.get(id),
+                    )?,
+                    Touched::Node(id) => put(
+                        &mut objects,
+                        &format!("{NODE_PREFIX}{id}"),
+                        next.nodes.get(id),
+                    )?,
+                    Touched::Service(id) => put(
+                        &mut objects,
+                        &format!("{SERVICE_PREFIX}{id}"),
+                        next.services.get(id),
+                    )?,
+                    Touched::Task(id) => put(
+                        &mut objects,
+                        &format!("{TASK_PREFIX}{id}"),
+                        next.tasks.get(id),
+                    )?,
                 }
             }
             let mut sm_meta = txn.open_table(SM_META).map_err(write_err)?;

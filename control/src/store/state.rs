@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use bollard_stubs::models::{NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, SwarmSpec};
 use serde::{Deserialize, Serialize};
 
-use super::networks::{Holder, NetworkRecord, NetworkRequest};
+use super::{
+    networks::{Holder, NetworkRecord, NetworkRequest},
+    services::{Plan, ServiceRecord, TaskRecord, TaskReport},
+};
 use crate::pki::RootCa;
 
 const DEFAULT_MANAGER_PORT: u16 = 2377;
@@ -113,6 +116,10 @@ pub struct State {
     pub nodes: BTreeMap<String, NodeRecord>,
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +174,30 @@ pub enum Command {
         network_id: String,
         container_id: String,
     },
+    /// `docker service create` (the ID made by the proposer).
+    CreateService {
+        id: String,
+        spec: Box<bollard_stubs::models::ServiceSpec>,
+    },
+    /// `docker service update`; with `rollback`, back to the previous spec.
+    UpdateService {
+        id: String,
+        version: u64,
+        spec: Box<bollard_stubs::models::ServiceSpec>,
+        rollback: bool,
+    },
+    RemoveService {
+        id: String,
+    },
+    /// A round of the orchestrator on the leader.
+    Orchestrate {
+        plan: Box<Plan>,
+    },
+    /// A worker's reports on its tasks.
+    ReportTasks {
+        node_id: String,
+        reports: Vec<TaskReport>,
+    },
 }
 
 /// A command as the leader proposes it: stamped with the leader's clock, so
@@ -188,6 +219,8 @@ pub enum Touched {
     Cluster,
     Node(String),
     Network(String),
+    Service(String),
+    Task(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -218,6 +251,10 @@ pub enum CommandError {
     /// The whole message, Docker's.
     #[error("{0}")]
     NetworkInUse(String),
+    #[error("name conflicts with an existing object: service {0} already exists")]
+    ServiceExists(String),
+    #[error("service {0} not found")]
+    NoSuchService(String),
 }
 
 impl State {
@@ -366,6 +403,7 @@ impl State {
                     .into_iter()
                     .map(Touched::Network)
                     .collect();
+                touched.extend(self.remove_node_tasks(&id));
                 touched.push(Touched::Node(id));
                 touched
             }
@@ -397,6 +435,18 @@ impl State {
                 } else {
                     Vec::new()
                 }
+            }
+            Command::CreateService { id, spec } => self.create_service(id, *spec, index, now)?,
+            Command::UpdateService {
+                id,
+                version,
+                spec,
+                rollback,
+            } => self.update_service(&id, version, *spec, rollback, index, now)?,
+            Command::RemoveService { id } => self.remove_service(&id, index, now)?,
+            Command::Orchestrate { plan } => self.orchestrate(*plan, index, now),
+            Command::ReportTasks { node_id, reports } => {
+                self.report_tasks(&node_id, reports, index, now)
             }
         };
         self.index = index;
