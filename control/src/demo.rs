@@ -132,11 +132,13 @@ fn up(nodes: u8, managers: u8, dir: &Path, detach: bool, registry_data: &Path) -
             ip.trim()
         );
     }
-    println!("  docker run -d --name web nginx          # from the demo's registry mirror");
+    println!("  docker service ls; docker service ps web  # 3 replicas of nginx on demo-net");
+    println!("  docker service scale web=6");
+    println!("  docker run -d --name site nginx         # from the demo's registry mirror");
     println!(
-        "  ip netns exec {PREFIX}-n1 curl -s $(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' web)"
+        "  ip netns exec {PREFIX}-n1 curl -s $(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' site)"
     );
-    println!("  docker exec -it web sh");
+    println!("  docker exec -it site sh");
     for i in 1..=nodes {
         println!(
             "  node{i}: DOCKER_HOST=unix://{}  underlay {}",
@@ -345,17 +347,95 @@ fn build(
     fs::write(dir.join("ping-b.ip"), ip)?;
     // The first ping may race the endpoint's announcement; give it a few.
     let mut last = String::new();
+    let mut pinged = false;
     for _ in 0..20 {
         match docker(1, &["exec", "ping-a", "ping", "-c", "3", "-W", "1", ip]) {
             Ok(out) => {
                 print!("{out}");
-                return Ok(());
+                pinged = true;
+                break;
             }
             Err(e) => last = e.to_string(),
         }
         thread::sleep(Duration::from_millis(250));
     }
-    bail!("ping-a on node1 could not reach ping-b on node{other} at {ip}: {last}")
+    if !pinged {
+        bail!("ping-a on node1 could not reach ping-b on node{other} at {ip}: {last}");
+    }
+    web_service(nodes, &docker)
+}
+
+/// `web`: 3 replicas of nginx on demo-net, spread over the nodes; node1's
+/// ping-a fetches the page of a task on another node over the overlay.
+fn web_service(nodes: u8, docker: &dyn Fn(u8, &[&str]) -> Result<String>) -> Result<()> {
+    docker(
+        1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "demo-net",
+            "nginx",
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ls = docker(1, &["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])?;
+        if ls.lines().any(|l| l.trim() == "web 3/3") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the web service did not get 3 running tasks within 90 s:\n{ls}");
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    print!("{}", docker(1, &["service", "ls"])?);
+    print!("{}", docker(1, &["service", "ps", "web"])?);
+    let far = nodes.min(3);
+    let names = docker(
+        far,
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=web",
+        ],
+    )?;
+    let Some(task) = names.lines().next() else {
+        return Ok(());
+    };
+    let ip = docker(
+        far,
+        &[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"demo-net\").IPAddress}}",
+            task,
+        ],
+    )?;
+    let page = docker(
+        1,
+        &[
+            "exec",
+            "ping-a",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{}/", ip.trim()),
+        ],
+    )?;
+    println!(
+        "node1's ping-a fetched the page of a web task on node{far} ({}): {}",
+        ip.trim(),
+        page.lines().next().unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn wait_ping(sock: &Path) -> Result<()> {
