@@ -151,9 +151,7 @@ fn restart_policy(spec: &ServiceSpec) -> Restart {
             .unwrap_or(TaskSpecRestartPolicyConditionEnum::ANY),
         delay_ms: p
             .and_then(|p| p.delay)
-            .map_or(DEFAULT_RESTART_DELAY_MS, |ns| {
-                u64::try_from(ns / 1_000_000).unwrap_or(0)
-            }),
+            .map_or(DEFAULT_RESTART_DELAY_MS, ns_to_ms),
         max_attempts: p
             .and_then(|p| p.max_attempts)
             .map_or(0, |m| u64::try_from(m).unwrap_or(0)),
@@ -169,16 +167,22 @@ struct UpdatePolicy {
     stop_first: bool,
 }
 
+/// Nanoseconds (the API's durations) as milliseconds; negative as 0.
+fn ns_to_ms(ns: i64) -> u64 {
+    u64::try_from(ns / 1_000_000).unwrap_or(0)
+}
+
+/// A batch size as the API gives it (0: all at once); 1 by default.
+fn batch_size(p: Option<i64>) -> usize {
+    p.map_or(1, |p| usize::try_from(p).unwrap_or(1))
+}
+
 fn update_policy(spec: &ServiceSpec, rollback: bool) -> UpdatePolicy {
     if rollback {
         let r = spec.rollback_config.as_ref();
         UpdatePolicy {
-            parallelism: r
-                .and_then(|r| r.parallelism)
-                .map_or(1, |p| usize::try_from(p).unwrap_or(1)),
-            delay_ms: r
-                .and_then(|r| r.delay)
-                .map_or(0, |d| u64::try_from(d / 1_000_000).unwrap_or(0)),
+            parallelism: batch_size(r.and_then(|r| r.parallelism)),
+            delay_ms: r.and_then(|r| r.delay).map_or(0, ns_to_ms),
             rollback_on_failure: false,
             continue_on_failure: r.and_then(|r| r.failure_action)
                 == Some(ServiceSpecRollbackConfigFailureActionEnum::CONTINUE),
@@ -189,12 +193,8 @@ fn update_policy(spec: &ServiceSpec, rollback: bool) -> UpdatePolicy {
         let u = spec.update_config.as_ref();
         let action = u.and_then(|u| u.failure_action);
         UpdatePolicy {
-            parallelism: u
-                .and_then(|u| u.parallelism)
-                .map_or(1, |p| usize::try_from(p).unwrap_or(1)),
-            delay_ms: u
-                .and_then(|u| u.delay)
-                .map_or(0, |d| u64::try_from(d / 1_000_000).unwrap_or(0)),
+            parallelism: batch_size(u.and_then(|u| u.parallelism)),
+            delay_ms: u.and_then(|u| u.delay).map_or(0, ns_to_ms),
             rollback_on_failure: action == Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
             continue_on_failure: action == Some(ServiceSpecUpdateConfigFailureActionEnum::CONTINUE),
             stop_first: u.and_then(|u| u.order)

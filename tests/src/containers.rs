@@ -30,7 +30,7 @@ pub const DEFAULT_IMAGE_CACHE: &str = "/var/cache/swarmnet/images";
 /// The registry's address on the hub's bridge.
 pub const REGISTRY_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 5000);
 /// The bridge network of every node (`--bip`): each node has its own
-/// bridge in its own namespace, as every Docker host has 172.17.0.0/16.
+/// bridge in its own namespace, as every Docker host has its default bridge range.
 pub const BIP: &str = "198.18.1.1/24";
 /// The parent of every test agent's cgroups.
 pub const CGROUP_ROOT: &str = "swarmnet-tests";
